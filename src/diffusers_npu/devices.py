@@ -32,7 +32,7 @@ _REDUCED_DTYPES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_npu_available(check_device: bool = False) -> bool:
     """True if torch_npu imports (and, with ``check_device``, an NPU answers). Never raises.
 
@@ -70,7 +70,9 @@ def detect_kind(requested: str | None = None) -> str:
         if kind not in KINDS:
             raise UserError(f"unknown device {requested!r}; use one of {', '.join(KINDS)} (--device or ${DEVICE_ENV})")
         if kind == "npu" and not is_npu_available(check_device=True):
-            raise UserError("device npu requested but torch_npu has no NPU here; install CANN + torch_npu or use --device cpu")
+            raise UserError(
+                "device npu requested but torch_npu has no NPU here; install CANN + torch_npu or use --device cpu"
+            )
         if kind == "cuda" and not _cuda_available():
             raise UserError("device cuda requested but no CUDA GPU is visible; use --device cpu")
         return kind
@@ -81,16 +83,19 @@ def detect_kind(requested: str | None = None) -> str:
     return "cpu"
 
 
-def npu_ops() -> ModuleType:
+def npu_ops(needed_by: str = "this") -> ModuleType:
     """The torch_npu module, for NPU kernels and optimizers; raises a one-line install hint if absent."""
     if not is_npu_available():
         version = torch.__version__.split("+")[0]
-        raise MissingExtraError(f"this needs torch_npu: pip install torch-npu=={version} (and the CANN toolkit)")
+        raise MissingExtraError(
+            f"{needed_by} needs torch_npu: pip install torch-npu=={version} (with the CANN toolkit)"
+        )
     return importlib.import_module("torch_npu")
 
 
 def _device_module(kind: str) -> ModuleType:
-    return torch.get_device_module(kind)
+    # torch.cuda, or the torch.npu that torch_npu installs at import; the same calls on both.
+    return getattr(torch, kind)
 
 
 def _noop(*_args, **_kwargs) -> None:
@@ -98,7 +103,7 @@ def _noop(*_args, **_kwargs) -> None:
 
 
 # Operations as tables keyed by kind (the diffusers BACKEND_* idea); accelerators share one code path
-# through ``torch.get_device_module``, the CPU entry is explicit.
+# through their ``torch.<kind>`` module, the CPU entry is explicit.
 _SYNCHRONIZE = {"cpu": _noop}
 _MANUAL_SEED = {"cpu": _noop}  # torch.manual_seed already seeds the CPU generator
 _EMPTY_CACHE = {"cpu": _noop}
@@ -153,7 +158,9 @@ class Device:
         ``enabled=False`` gives a scaler whose methods are pass-throughs (nanoGPT's GradScaler idiom).
         """
         if static and self.kind != "npu":
-            raise UserError("--loss_scale static needs an NPU (torch_npu's static GradScaler); use --loss_scale dynamic")
+            raise UserError(
+                "--loss_scale static needs an NPU (torch_npu's static GradScaler); use --loss_scale dynamic"
+            )
         if static:
             return torch.npu.amp.GradScaler(init_scale=init_scale, dynamic=False, enabled=enabled)
         return torch.amp.GradScaler(self.kind, init_scale=init_scale, enabled=enabled)
@@ -187,7 +194,7 @@ class Device:
         return torch.Generator(self.torch_device).manual_seed(seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_device(requested: str | None = None) -> Device:
     """The :class:`Device` for ``requested`` (``"npu"``, ``"cuda:1"``, ...) or the detected one. Built once."""
     requested = requested or os.environ.get(DEVICE_ENV) or None
