@@ -1,0 +1,114 @@
+"""Atomic checkpoints: written to a temporary directory and renamed into place, never over the last good one.
+
+A checkpoint is ``<output_dir>/checkpoint-<step>/``: accelerate's ``save_state`` files plus ``checkpoint.json``
+(written last) that records the step and every file's size, so a truncated copy is detected before loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .errors import UserError
+
+MANIFEST = "checkpoint.json"
+PREFIX = "checkpoint-"
+
+
+def _manifest(directory: Path, step: int, extra: dict) -> dict:
+    files = {
+        p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+    return {"step": step, "files": files, **extra}
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``. An existing ``final`` is set aside first and removed only afterwards."""
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def temp_dir_beside(final: Path) -> Path:
+    """A fresh hidden directory next to ``final`` (same filesystem, so the rename is atomic)."""
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None = None) -> Path:
+    """Save accelerate's full state for ``step`` into a temporary directory, then publish it atomically.
+
+    Every process takes part (accelerate writes per-rank RNG states); the manifest and the rename happen
+    on the main process, between barriers, so no rank ever sees a half-written checkpoint.
+    """
+    final = output_dir / f"{PREFIX}{step}"
+    tmp = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, step, extra or {}), indent=1))
+        replace_dir(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Verify checkpoint ``path`` (one-line error if missing or truncated), restore it, return its manifest."""
+    manifest = verify_checkpoint(path)
+    accelerator.load_state(str(path))
+    return manifest
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (with a manifest) in ``output_dir``, oldest step first."""
+    found = [p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
+    return sorted((p for p in found if (p / MANIFEST).is_file()), key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``keep``; returns what was removed."""
+    if not keep:
+        return []
+    doomed = list_checkpoints(output_dir)[:-keep]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Return the manifest of checkpoint ``path`` or raise a one-line UserError if it is missing or truncated."""
+    hint = "resume from another checkpoint (--resume_from_checkpoint PATH) or start without --resume_from_checkpoint"
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} does not exist; {hint}")
+    if not manifest_path.is_file():
+        raise UserError(f"checkpoint {path} is incomplete (no {MANIFEST}); {hint}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"checkpoint {path} has a corrupt {MANIFEST} ({err}); {hint}") from err
+    for name, size in manifest["files"].items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise UserError(f"checkpoint {path} is truncated ({name} is missing or has the wrong size); {hint}")
+    return manifest
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """``--resume_from_checkpoint``: ``latest`` (None if there is none yet), or a path / checkpoint name."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    return path if path.is_absolute() or path.exists() else output_dir / resume

@@ -1,0 +1,1 @@
+"""Training: the shared loop, argument groups, data, and small per-model recipes."""

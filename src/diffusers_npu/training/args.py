@@ -1,0 +1,212 @@
+"""Training flags as argument-group functions (diffusers' names), the legacy-flag alias table, ``--config``.
+
+Registry-backed choices (``--optimizer``, ``--attention``) come from the registries, so ``--help`` cannot
+drift from the code. The reference port's flags are aliases of those choices, defined once in
+:data:`LEGACY_ALIASES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from .. import attention, optim
+from ..errors import UserError
+from .config import TrainConfig
+
+D = TrainConfig()  # defaults live in one place: the dataclass
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
+    g = parser.add_argument_group("model and output")
+    g.add_argument(
+        "--pretrained_model_name_or_path",
+        default=default_model,
+        help="diffusers model directory, hub id, or tiny:<kind> for the built-in tiny model (offline default)",
+    )
+    g.add_argument("--pretrained_vae_model_name_or_path", default=None, help="a separate VAE (SDXL: the fp16-fix VAE)")
+    g.add_argument("--revision", default=None)
+    g.add_argument("--variant", default=None)
+    g.add_argument(
+        "--prediction_type",
+        default=None,
+        choices=["epsilon", "v_prediction"],
+        help="override the scheduler's prediction type",
+    )
+    g.add_argument("--output_dir", default=D.output_dir)
+    g.add_argument("--cache_dir", default=None)
+    g.add_argument("--seed", type=int, default=D.seed)  # fmt: skip
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset_name", default=None, help="hub dataset name, or a local dataset directory")
+    g.add_argument("--dataset_config_name", default=None)
+    g.add_argument(
+        "--train_data_dir",
+        default=None,
+        help="local data: a datasets.save_to_disk dir, parquet files, or an imagefolder with metadata.jsonl",
+    )
+    g.add_argument("--image_column", default=None)
+    g.add_argument("--caption_column", default=None)
+    g.add_argument("--max_train_samples", type=int, default=None)
+    g.add_argument("--resolution", type=int, default=D.resolution)
+    g.add_argument("--center_crop", action="store_true")
+    g.add_argument("--random_flip", action="store_true")
+    g.add_argument(
+        "--image_interpolation_mode",
+        default=D.image_interpolation_mode,
+        choices=["bilinear", "bicubic", "lanczos", "nearest"],
+    )
+    g.add_argument("--dataloader_num_workers", type=int, default=D.dataloader_num_workers)
+    g.add_argument("--pin_memory", action="store_true", help="pin host memory for device copies")
+    g.add_argument("--persistent_workers", action="store_true", help="keep data workers alive across epochs")
+    g.add_argument(
+        "--cache_latents",
+        action="store_true",
+        help="compute VAE latents and text embeddings once; later epochs skip the encoders",
+    )
+    g.add_argument("--proportion_empty_prompts", type=float, default=D.proportion_empty_prompts)  # fmt: skip
+
+
+def add_optim_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("optimization")
+    g.add_argument("--optimizer", default=D.optimizer, choices=list(optim.OPTIMIZERS))
+    g.add_argument("--learning_rate", type=float, default=D.learning_rate)
+    g.add_argument("--scale_lr", action="store_true", help="multiply the lr by batch x accumulation x processes")
+    g.add_argument(
+        "--lr_scheduler",
+        default=D.lr_scheduler,
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+    )
+    g.add_argument("--lr_warmup_steps", type=int, default=D.lr_warmup_steps)
+    g.add_argument("--adam_beta1", type=float, default=D.adam_beta1)
+    g.add_argument("--adam_beta2", type=float, default=D.adam_beta2)
+    g.add_argument("--adam_weight_decay", type=float, default=D.adam_weight_decay)
+    g.add_argument("--adam_epsilon", type=float, default=D.adam_epsilon)
+    g.add_argument("--max_grad_norm", type=float, default=D.max_grad_norm, help="0 disables clipping")
+    g.add_argument("--clip_grad_norm_fused", action="store_true",
+                   help="use the optimizer's fused clip (NPU fused optimizers); gradients are unscaled first")  # fmt: skip
+
+
+def add_loop_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("training loop")
+    g.add_argument("--train_batch_size", type=int, default=D.train_batch_size, help="per device")
+    g.add_argument("--num_train_epochs", type=int, default=D.num_train_epochs)
+    g.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=D.gradient_accumulation_steps)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--use_ema", action="store_true")
+    g.add_argument("--ema_decay", type=float, default=D.ema_decay)
+    g.add_argument(
+        "--snr_gamma", type=float, default=None, help="Min-SNR loss weighting, Hang et al. (2023); 5.0 recommended"
+    )
+    g.add_argument("--noise_offset", type=float, default=D.noise_offset)
+    g.add_argument("--checkpointing_steps", type=int, default=D.checkpointing_steps)
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory")
+    g.add_argument("--validation_prompt", default=None)
+    g.add_argument("--validation_epochs", type=int, default=D.validation_epochs)
+    g.add_argument("--num_validation_images", type=int, default=D.num_validation_images)
+    g.add_argument("--logging_steps", type=int, default=D.logging_steps)
+    g.add_argument(
+        "--timing_warmup_steps",
+        type=int,
+        default=D.timing_warmup_steps,
+        help="optimizer steps excluded from the step-time median",
+    )
+    g.add_argument("--report_to", default=None, choices=["tensorboard", "wandb", "all"])
+    g.add_argument("--logging_dir", default=D.logging_dir)  # fmt: skip
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("device and precision")
+    g.add_argument("--device", default=None, help="npu, cuda or cpu (default: detected, npu > cuda > cpu)")
+    g.add_argument("--mixed_precision", default=D.mixed_precision, choices=["no", "fp16", "bf16"])
+    g.add_argument("--attention", default=D.attention, choices=list(attention.KERNELS))
+    g.add_argument(
+        "--loss_scale",
+        default=D.loss_scale,
+        choices=["dynamic", "static"],
+        help="fp16 loss scaling; static is torch_npu's fixed scale (the reference's dynamic=False)",
+    )
+    g.add_argument("--init_loss_scale", type=float, default=D.init_loss_scale)
+    g.add_argument("--allow_tf32", action="store_true")  # fmt: skip
+
+
+def add_lora_args(parser: argparse.ArgumentParser, text_encoder: bool) -> None:
+    g = parser.add_argument_group("LoRA")
+    g.add_argument("--rank", type=int, default=D.rank)
+    g.add_argument("--lora_alpha", type=int, default=None, help="default: the rank (scale 1)")
+    if text_encoder:
+        g.add_argument("--train_text_encoder", action="store_true")
+
+
+# The reference port's flags (seed train_text_to_image.py L503-517; upstream-facts §3b) and diffusers'
+# older ones, each an alias that sets a registry choice or a plain flag. One table, nowhere else.
+LEGACY_ALIASES: dict[str, tuple[str, object]] = {
+    "--use_npu_fuse_adamW": ("optimizer", "npu_fused_adamw"),
+    "--use_megatron_npu_adamW": ("optimizer", "megatron_adamw"),
+    "--use_8bit_adam": ("optimizer", "adamw_8bit"),
+    "--use_clip_grad_norm_fused": ("clip_grad_norm_fused", True),
+    "--enable_npu_flash_attention": ("attention", "npu_fa"),
+    # xformers is not a dependency; torch SDPA covers the same memory-efficient kernels.
+    "--enable_xformers_memory_efficient_attention": ("attention", "sdpa"),
+    "--enable_pin_memory": ("pin_memory", True),
+    "--enable_persistent_workers": ("persistent_workers", True),
+    # The reference checkpointed every other attention block; current diffusers checkpoints whole blocks.
+    "--release_part_gradient_checkpointing": ("gradient_checkpointing", True),
+}
+VALUE_ALIASES = {"--local_data_dir": "train_data_dir"}
+
+
+def add_legacy_aliases(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("reference (ModelZoo) flags, kept as aliases")
+    for flag, (dest, value) in LEGACY_ALIASES.items():
+        g.add_argument(
+            flag, dest=dest, action="store_const", const=value, help=f"= --{dest} {value}".replace(" True", "")
+        )
+    for flag, dest in VALUE_ALIASES.items():
+        g.add_argument(flag, dest=dest, help=f"= --{dest}")
+
+
+def build_parser(
+    description: str, default_model: str, lora: bool = False, text_encoder_lora: bool = False
+) -> argparse.ArgumentParser:
+    """The parser of one training example: every group, the aliases and ``--config``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file whose keys are these flags' names (flags given win)")
+    add_model_args(parser, default_model)
+    add_data_args(parser)
+    add_optim_args(parser)
+    add_loop_args(parser)
+    add_device_args(parser)
+    if lora:
+        add_lora_args(parser, text_encoder_lora)
+    add_legacy_aliases(parser)
+    return parser
+
+
+def _apply_yaml(parser: argparse.ArgumentParser, path: str) -> None:
+    """Make the YAML file's values the parser defaults; unknown keys are an error, never ignored."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path} does not exist; pass a YAML file of flag: value pairs")
+    values = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must be a mapping of flag names to values")
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"--config {path} has unknown keys {unknown}; use the flag names without '--'")
+    parser.set_defaults(**values)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> TrainConfig:
+    """Parse flags (and ``--config``) into a validated, frozen :class:`TrainConfig`."""
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        _apply_yaml(parser, pre.config)
+    return TrainConfig.from_namespace(parser.parse_args(argv))

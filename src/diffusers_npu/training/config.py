@@ -1,0 +1,106 @@
+"""The frozen training configuration the package receives. ``argparse`` Namespaces stop at the example script."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting, named as the flag that sets it (diffusers' names; see training/args.py)."""
+
+    # model and output
+    pretrained_model_name_or_path: str = "tiny:sd15"
+    pretrained_vae_model_name_or_path: str | None = None
+    revision: str | None = None
+    variant: str | None = None
+    prediction_type: str | None = None
+    output_dir: str = "outputs/run"
+    cache_dir: str | None = None
+    seed: int = 0
+    # data
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_data_dir: str | None = None
+    image_column: str | None = None
+    caption_column: str | None = None
+    max_train_samples: int | None = None
+    resolution: int = 512
+    center_crop: bool = False
+    random_flip: bool = False
+    image_interpolation_mode: str = "bilinear"
+    dataloader_num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    cache_latents: bool = False
+    proportion_empty_prompts: float = 0.0
+    # optimization
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-4
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    clip_grad_norm_fused: bool = False
+    # loop
+    train_batch_size: int = 1
+    num_train_epochs: int = 1
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    validation_prompt: str | None = None
+    validation_epochs: int = 1
+    num_validation_images: int = 2
+    logging_steps: int = 10
+    timing_warmup_steps: int = 2
+    report_to: str | None = None
+    logging_dir: str = "logs"
+    # device and precision
+    device: str | None = None
+    mixed_precision: str = "no"
+    attention: str = "sdpa"
+    loss_scale: str = "dynamic"
+    init_loss_scale: float = 2.0**16
+    allow_tf32: bool = False
+    # LoRA (only the LoRA recipes read these)
+    rank: int = 4
+    lora_alpha: int | None = None
+    train_text_encoder: bool = False
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> TrainConfig:
+        """Build from parsed flags; flags an example does not define keep their defaults."""
+        cfg = cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """One-line errors for settings that are wrong before anything runs."""
+        checks = [
+            (self.resolution % 8 == 0 and self.resolution > 0, f"--resolution {self.resolution} must be a positive multiple of 8 (the VAE downsamples by 8)"),
+            (self.train_batch_size >= 1, "--train_batch_size must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1"),
+            (self.max_train_steps is None or self.max_train_steps >= 1, "--max_train_steps must be >= 1"),
+            (self.num_train_epochs >= 1, "--num_train_epochs must be >= 1"),
+            (self.checkpointing_steps >= 1, "--checkpointing_steps must be >= 1"),
+            (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
+            (self.mixed_precision in ("no", "fp16", "bf16"), f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16"),
+            (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)

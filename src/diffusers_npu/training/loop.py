@@ -1,0 +1,300 @@
+"""The one training loop: accumulate, autocast, scale, clip, step, log, checkpoint. Recipes supply hooks.
+
+Device, precision and the loss scaler are decided once, before the loop (``devices.build_accelerator``);
+the loop has no device or dtype branches. accelerate owns launch, DDP, autocast, backward and accumulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import checkpoint, devices, optim
+from ..errors import UserError
+from . import data
+from .config import TrainConfig
+
+logger = logging.getLogger("diffusers_npu.train")
+
+
+@dataclass
+class RunStats:
+    """What a run measured. Step time = one optimizer step (all micro-batches) minus data-loader wait,
+    device-synchronised; the first ``timing_warmup_steps`` are excluded from the medians."""
+
+    global_batch: int
+    warmup: int
+    step_losses: list[float] = field(default_factory=list)
+    step_times_s: list[float] = field(default_factory=list)
+    data_waits_s: list[float] = field(default_factory=list)
+    peak_mem_gib: float = 0.0
+    time_s: float = 0.0
+
+    def _timed(self, values: list[float]) -> list[float]:
+        return values[self.warmup :] or values
+
+    @property
+    def step_time_s(self) -> float:
+        return statistics.median(self._timed(self.step_times_s)) if self.step_times_s else float("nan")
+
+    def summary_line(self) -> str:
+        """The one parseable line every run ends with (launchers grep it)."""
+        window = self.step_losses[-max(1, len(self.step_losses) // 10) :] or [float("nan")]
+        wait = statistics.median(self._timed(self.data_waits_s)) if self.data_waits_s else float("nan")
+        return (
+            f"loss={statistics.fmean(window):.6f} fps={self.global_batch / self.step_time_s:.3f} "
+            f"step_time_s={self.step_time_s:.4f} data_wait_s={wait:.4f} peak_mem_gib={self.peak_mem_gib:.3f} "
+            f"time_s={self.time_s:.1f} steps={len(self.step_losses)} global_batch={self.global_batch}"
+        )
+
+
+def _dataset(recipe, cfg: TrainConfig):
+    hf, image_col, caption_col = data.load_image_text_dataset(
+        cfg.dataset_name, cfg.train_data_dir, cfg.image_column, cfg.caption_column,
+        cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples,
+    )  # fmt: skip
+    return data.ImageCaptionDataset(
+        hf, image_col, caption_col, cfg.resolution, cfg.center_crop, cfg.image_interpolation_mode, cfg.seed
+    )
+
+
+def _cache_encodings(recipe, dataset, cfg: TrainConfig) -> list[dict]:
+    """--cache_latents: run the frozen encoders once over the dataset; later epochs reuse the results."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, collate_fn=data.collate)
+    cached = []
+    for batch in tqdm(loader, desc="caching latents", disable=not sys.stderr.isatty()):
+        encoded = recipe.encode_batch(batch)
+        for i in range(len(batch["captions"])):
+            cached.append({k: v[i].detach().cpu() for k, v in encoded.items()})
+    return cached
+
+
+def _stack(examples: list[dict]) -> dict:
+    return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _setup(recipe, cfg: TrainConfig):
+    """Everything before the first step: accelerator, models, data, optimizer, schedule, resume."""
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    device = devices.get_device(cfg.device)
+    out = Path(cfg.output_dir)
+    resume = checkpoint.resolve_resume(out, cfg.resume_from_checkpoint)
+    if resume is not None:
+        checkpoint.verify_checkpoint(resume)  # fail before any work, and before anything is written
+    accelerator = devices.build_accelerator(
+        device, cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.loss_scale, cfg.init_loss_scale,
+        log_with=cfg.report_to, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )  # fmt: skip
+    set_seed(cfg.seed)
+    weight_dtype = devices.parse_dtype(cfg.mixed_precision)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+    recipe.load_components()
+    recipe.prepare_models(accelerator.device, device.kind, weight_dtype)
+    dataset = _dataset(recipe, cfg)
+    if cfg.cache_latents:
+        dataset = _cache_encodings(recipe, dataset, cfg)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else data.collate,
+        num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
+        persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
+    )  # fmt: skip
+    loader = accelerator.prepare(loader)  # first, so the step count below is per process
+    if len(loader) == 0:
+        raise UserError(
+            f"the dataset has fewer samples than one batch per process; lower --train_batch_size ({cfg.train_batch_size})"
+        )
+    lr = cfg.learning_rate
+    if cfg.scale_lr:
+        lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    params = recipe.trainable_parameters()
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    optimizer = optim.build_optimizer(
+        cfg.optimizer, params, device.kind, lr, betas, cfg.adam_weight_decay, cfg.adam_epsilon
+    )
+    steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+    schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                             num_training_steps=max_steps * accelerator.num_processes)  # fmt: skip
+    model, optimizer, schedule = accelerator.prepare(recipe.unet, optimizer, schedule)
+    ema = recipe.make_ema()
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    step = checkpoint.load_checkpoint(accelerator, resume)["step"] if resume is not None else 0
+    if cfg.report_to and accelerator.is_main_process:
+        accelerator.init_trackers(
+            "diffusers-npu", config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
+        )
+    return Run(
+        cfg,
+        recipe,
+        device,
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        schedule,
+        params,
+        ema,
+        step,
+        steps_per_epoch,
+        max_steps,
+        out,
+    )
+
+
+@dataclass
+class Run:
+    """The prepared objects of one run (built by ``_setup``)."""
+
+    cfg: TrainConfig
+    recipe: object
+    device: devices.Device
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: object
+    schedule: object
+    params: list
+    ema: object
+    step: int
+    steps_per_epoch: int
+    max_steps: int
+    out: Path
+
+
+def _micro_step(run: Run, batch: dict) -> torch.Tensor:
+    """One micro-batch: encode (unless cached), forward under autocast, backward, and on the last
+    micro-batch of an accumulation window: unscale+clip, optimizer step, LR step, zero_grad."""
+    cfg, acc, recipe = run.cfg, run.accelerator, run.recipe
+    zero_grad_kwargs = optim.get_spec(cfg.optimizer).zero_grad_kwargs
+    with acc.accumulate(run.model):
+        encoded = batch if cfg.cache_latents else recipe.encode_batch(batch)
+        with acc.autocast():
+            pred, target, weights = recipe.predict_and_target(run.model, encoded)
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = (loss * weights).mean() if weights is not None else loss.mean()
+        acc.backward(loss)
+        if acc.sync_gradients and cfg.max_grad_norm > 0:
+            optim.clip_grad_norm(run.params, cfg.max_grad_norm, run.optimizer, acc.scaler, cfg.clip_grad_norm_fused)
+        run.optimizer.step()
+        run.schedule.step()
+        run.optimizer.zero_grad(**zero_grad_kwargs)
+    return acc.gather(loss.detach()[None]).mean() / cfg.gradient_accumulation_steps
+
+
+def _after_step(run: Run, stats: RunStats, bar) -> None:
+    """Bookkeeping at an optimizer-step boundary: EMA, logs, checkpoint, pruning."""
+    cfg, acc = run.cfg, run.accelerator
+    if run.ema is not None:
+        run.ema.step(acc.unwrap_model(run.model).parameters())
+    logs = {"loss": stats.step_losses[-1], "lr": run.schedule.get_last_lr()[0], "step_time_s": stats.step_times_s[-1]}
+    bar.set_postfix(step_loss=f"{logs['loss']:.4f}", lr=logs["lr"])
+    acc.log(logs, step=run.step)
+    if acc.is_main_process and (run.step % cfg.logging_steps == 0 or run.step == run.max_steps):
+        logger.info(
+            "step %d loss=%.6f lr=%.3g step_time_s=%.4f", run.step, logs["loss"], logs["lr"], logs["step_time_s"]
+        )
+    if run.step % cfg.checkpointing_steps == 0 or run.step == run.max_steps:
+        path = checkpoint.save_checkpoint(acc, run.out, run.step)
+        if acc.is_main_process:
+            checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit)
+            logger.info("saved %s", path)
+
+
+def _epochs(run: Run):
+    """Batches from the resume position on: seeded per-epoch shuffles, the consumed part skipped."""
+    first_epoch = run.step // run.steps_per_epoch
+    skip = (run.step % run.steps_per_epoch) * run.cfg.gradient_accumulation_steps
+    epoch = first_epoch
+    while True:
+        run.loader.set_epoch(epoch)
+        loader = run.accelerator.skip_first_batches(run.loader, skip) if epoch == first_epoch and skip else run.loader
+        yield epoch, loader
+        epoch += 1
+
+
+def run(recipe, cfg: TrainConfig) -> RunStats:
+    """Train ``recipe`` as ``cfg`` says; save its weights; print and return the run's measurements."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    start = time.perf_counter()
+    r = _setup(recipe, cfg)
+    acc = r.accelerator
+    stats = RunStats(
+        cfg.train_batch_size * acc.num_processes * cfg.gradient_accumulation_steps, cfg.timing_warmup_steps
+    )
+    bar = tqdm(
+        total=r.max_steps,
+        initial=r.step,
+        desc="steps",
+        disable=not (acc.is_local_main_process and sys.stderr.isatty()),
+    )
+    r.device.reset_peak_memory()
+    window_loss, wait_s, mark = 0.0, 0.0, time.perf_counter()
+    for epoch, loader in _epochs(r):
+        if r.step >= r.max_steps:
+            break
+        wait_start = time.perf_counter()
+        for batch in loader:
+            wait_s += time.perf_counter() - wait_start
+            window_loss += _micro_step(r, batch).item()  # .item() syncs the device once per micro-batch
+            if acc.sync_gradients:
+                r.device.synchronize()
+                now = time.perf_counter()
+                r.step += 1
+                stats.step_losses.append(window_loss)
+                stats.step_times_s.append(now - mark - wait_s)
+                stats.data_waits_s.append(wait_s)
+                bar.update(1)
+                _after_step(r, stats, bar)
+                window_loss, wait_s, mark = 0.0, 0.0, time.perf_counter()
+                if r.step >= r.max_steps:
+                    break
+            wait_start = time.perf_counter()
+        if acc.is_main_process and cfg.validation_prompt and (epoch + 1) % cfg.validation_epochs == 0:
+            _validate(r, epoch)
+            mark = time.perf_counter()
+    bar.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _save_final(r)
+    stats.peak_mem_gib = r.device.peak_memory_gib()
+    stats.time_s = time.perf_counter() - start
+    acc.end_training()
+    if acc.is_main_process:
+        print(stats.summary_line(), flush=True)
+    return stats
+
+
+def _save_final(r: Run) -> None:
+    """The trained weights, written to a temporary directory and moved into ``output_dir`` entry by entry."""
+    tmp = checkpoint.temp_dir_beside(r.out / "final")
+    r.recipe.save_weights(r.accelerator.unwrap_model(r.model), tmp)
+    for entry in tmp.iterdir():
+        checkpoint.replace_dir(entry, r.out / entry.name) if entry.is_dir() else entry.replace(r.out / entry.name)
+    tmp.rmdir()
+    logger.info("saved trained weights to %s", r.out)
+
+
+def _validate(r: Run, epoch: int) -> None:
+    """Validation images from the live weights into ``output_dir/validation``."""
+    pipe = r.recipe.validation_pipeline(r.accelerator.unwrap_model(r.model))
+    pipe.set_progress_bar_config(disable=True)
+    folder = r.out / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(r.accelerator.device).manual_seed(r.cfg.seed)
+    with r.accelerator.autocast():
+        images = pipe(r.cfg.validation_prompt, num_images_per_prompt=r.cfg.num_validation_images, generator=generator,
+                      height=r.cfg.resolution, width=r.cfg.resolution, num_inference_steps=20).images  # fmt: skip
+    for i, image in enumerate(images):
+        image.save(folder / f"epoch{epoch:04d}_{i}.png")

@@ -1,0 +1,1 @@
+"""Per-model training recipes: hooks over the shared loop."""

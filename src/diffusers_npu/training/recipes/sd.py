@@ -1,0 +1,44 @@
+"""Stable Diffusion 1.x / 2.x fine-tuning (epsilon or v-prediction), full or LoRA."""
+
+from __future__ import annotations
+
+import torch
+
+from ...model_paths import resolve_model_path
+from .base import Recipe
+
+
+class SDRecipe(Recipe):
+    """One CLIP text encoder; the UNet is called as ``unet(noisy, t, encoder_hidden_states)``."""
+
+    def load_components(self) -> None:
+        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        cfg = self.cfg
+        self.pipeline_cls = StableDiffusionPipeline
+        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
+        self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **common)
+        self.text_encoder = CLIPTextModel.from_pretrained(
+            path, subfolder="text_encoder", variant=cfg.variant, **common
+        )
+        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=cfg.variant, **common)
+        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=cfg.variant, **common)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
+        self.text_encoders = [self.text_encoder]
+
+    def text_components(self) -> dict:
+        return {"text_encoder": self.text_encoder, "tokenizer": self.tokenizer}
+
+    def encode_text(self, captions: list[str], batch: dict) -> dict:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        hidden = self.text_encoder(ids.to(self.device), return_dict=False)[0]  # (B, 77, C)
+        return {"encoder_hidden_states": hidden}
+
+    def predict(
+        self, model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, encoded: dict
+    ) -> torch.Tensor:
+        context = encoded["encoder_hidden_states"].to(self.device)
+        return model(noisy, timesteps, context, return_dict=False)[0]

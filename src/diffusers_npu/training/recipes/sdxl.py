@@ -1,0 +1,74 @@
+"""Stable Diffusion XL fine-tuning: two text encoders, pooled embeddings, size/crop conditioning."""
+
+from __future__ import annotations
+
+import torch
+
+from ...model_paths import resolve_model_path
+from .base import Recipe
+
+
+class SDXLRecipe(Recipe):
+    """The UNet takes ``added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}`` (Podell et al., 2023 §2.2)."""
+
+    def load_components(self) -> None:
+        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        cfg = self.cfg
+        self.pipeline_cls = StableDiffusionXLPipeline
+        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
+        self.tokenizers = [
+            CLIPTokenizer.from_pretrained(path, subfolder=f, **common) for f in ("tokenizer", "tokenizer_2")
+        ]
+        self.text_encoders = [
+            CLIPTextModel.from_pretrained(path, subfolder="text_encoder", variant=cfg.variant, **common),
+            CLIPTextModelWithProjection.from_pretrained(
+                path, subfolder="text_encoder_2", variant=cfg.variant, **common
+            ),
+        ]
+        vae_path = cfg.pretrained_vae_model_name_or_path
+        self.vae = (
+            AutoencoderKL.from_pretrained(resolve_model_path(vae_path, "--pretrained_vae_model_name_or_path"), **common)
+            if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae", variant=cfg.variant, **common)
+        )  # fmt: skip
+        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=cfg.variant, **common)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
+
+    def vae_in_fp32(self) -> bool:
+        # diffusers' SDXL scripts keep the stock VAE in fp32 (force_upcast); a separate fp16-fix VAE need not.
+        return self.cfg.pretrained_vae_model_name_or_path is None and bool(self.vae.config.get("force_upcast", True))
+
+    def text_components(self) -> dict:
+        te1, te2 = self.text_encoders
+        tok1, tok2 = self.tokenizers
+        return {"text_encoder": te1, "text_encoder_2": te2, "tokenizer": tok1, "tokenizer_2": tok2}
+
+    def encode_text(self, captions: list[str], batch: dict) -> dict:
+        """Penultimate hidden states of both encoders, concatenated; pooled output of the second."""
+        hidden_states = []
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids  # fmt: skip
+            out = encoder(ids.to(self.device), output_hidden_states=True, return_dict=False)
+            pooled = out[0]  # the last encoder's projected pooled output, (B, C2)
+            hidden_states.append(out[-1][-2])  # (B, 77, Ci)
+        res = self.cfg.resolution
+        # add_time_ids = original size + crop top-left + target size (diffusers compute_time_ids).
+        time_ids = torch.cat(
+            [batch["original_sizes"], batch["crop_top_lefts"], torch.tensor([[res, res]]).expand(len(captions), 2)],
+            dim=1,
+        )
+        return {
+            "encoder_hidden_states": torch.cat(hidden_states, dim=-1),
+            "pooled": pooled.float(),
+            "time_ids": time_ids.float(),
+        }
+
+    def predict(
+        self, model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, encoded: dict
+    ) -> torch.Tensor:
+        cond = {"text_embeds": encoded["pooled"].to(self.device), "time_ids": encoded["time_ids"].to(self.device)}
+        context = encoded["encoder_hidden_states"].to(self.device)
+        return model(noisy, timesteps, context, added_cond_kwargs=cond, return_dict=False)[0]

@@ -1,0 +1,144 @@
+"""Each training example end to end on tiny models (CPU, offline): trains, saves, reloads through stock diffusers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "text_to_image"
+SUMMARY = re.compile(
+    r"^loss=(\S+) fps=(\S+) step_time_s=(\S+) data_wait_s=(\S+) peak_mem_gib=(\S+) time_s=(\S+) steps=(\d+)", re.M
+)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    from diffusers_npu.training.data import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", num_images=8, resolution=32)
+
+
+def train(script: str, out: Path, data: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(EXAMPLES / script), "--train_data_dir", str(data), "--output_dir", str(out),
+           "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "2", "--learning_rate", "1e-3",
+           "--checkpointing_steps", "1000", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def tiny_path(kind: str) -> str:
+    from diffusers_npu import tiny
+
+    return str(tiny.tiny_model_path(kind))
+
+
+def assert_summary(stdout: str, steps: int) -> None:
+    match = SUMMARY.search(stdout)
+    assert match, stdout[-2000:]
+    assert int(match.group(7)) == steps and float(match.group(2)) > 0 and float(match.group(1)) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,kind,pipe_cls", [
+    ("train_text_to_image.py", "sd15", "StableDiffusionPipeline"),
+    ("train_text_to_image_sdxl.py", "sdxl", "StableDiffusionXLPipeline"),
+])  # fmt: skip
+def test_full_finetune_saves_a_reloadable_pipeline(tmp_path, shapes, script, kind, pipe_cls):
+    import diffusers
+
+    proc = train(script, tmp_path / "out", shapes, "--pretrained_model_name_or_path", f"tiny:{kind}", "--use_ema")
+    assert_summary(proc.stdout, 2)
+    cls = getattr(diffusers, pipe_cls)
+    trained = cls.from_pretrained(tmp_path / "out")
+    initial = cls.from_pretrained(tiny_path(kind))
+    changed = [k for k, v in trained.unet.state_dict().items() if not torch.equal(v, initial.unet.state_dict()[k])]
+    assert changed, "training did not change the UNet"
+    frozen = trained.vae.state_dict()
+    assert all(torch.equal(v, initial.vae.state_dict()[k]) for k, v in frozen.items()), "the VAE must stay frozen"
+    images = trained(["a red circle"], num_inference_steps=2, height=32, width=32, output_type="np").images
+    assert images.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,kind,pipe_cls", [
+    ("train_text_to_image_lora.py", "sd15", "StableDiffusionPipeline"),
+    ("train_text_to_image_lora_sdxl.py", "sdxl", "StableDiffusionXLPipeline"),
+])  # fmt: skip
+def test_lora_reloads_through_stock_diffusers_and_changes_output(tmp_path, shapes, script, kind, pipe_cls):
+    import diffusers
+
+    proc = train(script, tmp_path / "out", shapes, "--pretrained_model_name_or_path", f"tiny:{kind}", "--rank", "4")
+    assert_summary(proc.stdout, 2)
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    pipe = getattr(diffusers, pipe_cls).from_pretrained(tiny_path(kind))
+
+    def sample():
+        g = torch.Generator().manual_seed(0)
+        return pipe("a blue square", num_inference_steps=2, height=32, width=32, generator=g, output_type="np").images
+
+    before = sample()
+    pipe.load_lora_weights(str(tmp_path / "out"))
+    after = sample()
+    assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after), atol=1e-6)
+
+
+def run_main(script: str, argv: list[str], capsys) -> tuple[int, str]:
+    """Run an example's main() in-process; returns (exit code, stderr)."""
+    import runpy
+
+    module = runpy.run_path(str(EXAMPLES / script), run_name="example")
+    with pytest.raises(SystemExit) as info:
+        module["main"](argv)
+    return info.value.code, capsys.readouterr().err
+
+
+BAD_INPUTS = {
+    "missing dataset": (["--train_data_dir", "/nonexistent/data"], "--train_data_dir"),
+    "wrong column": (["--image_column", "picture"], "--image_column"),
+    "unknown model dir": (
+        ["--pretrained_model_name_or_path", "/nonexistent/model"],
+        "--pretrained_model_name_or_path",
+    ),
+    "fp16 on cpu": (["--mixed_precision", "fp16"], "fp16 is not supported on cpu"),
+    "optimizer extra missing": (["--use_npu_fuse_adamW"], "pip install torch-npu=="),
+    "resolution not multiple of 8": (["--resolution", "30"], "multiple of 8"),
+    "resume from missing checkpoint": (["--resume_from_checkpoint", "checkpoint-7"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_with_one_line(tmp_path, shapes, capsys, case):
+    extra, expect = BAD_INPUTS[case]
+    argv = ["--train_data_dir", str(shapes), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
+            "--max_train_steps", "1", *extra]  # fmt: skip
+    code, err = run_main("train_text_to_image.py", argv, capsys)
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and expect in lines[0], err[-2000:]
+    assert not (tmp_path / "out" / "model_index.json").exists()
+
+
+def test_corrupt_image_names_the_image(tmp_path, capsys):
+    from diffusers_npu.training.data import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes", num_images=4, resolution=32)
+    sorted(data.glob("*.png"))[1].write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    argv = [
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--resolution",
+        "32",
+        "--max_train_steps",
+        "2",
+    ]
+    code, err = run_main("train_text_to_image.py", argv, capsys)
+    assert code == 2 and "cannot be decoded" in err, err[-2000:]
