@@ -2,48 +2,10 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples" / "text_to_image"
-SUMMARY = re.compile(
-    r"^loss=(\S+) fps=(\S+) step_time_s=(\S+) data_wait_s=(\S+) peak_mem_gib=(\S+) time_s=(\S+) steps=(\d+)", re.M
-)
-
-
-@pytest.fixture(scope="session")
-def shapes(tmp_path_factory) -> Path:
-    from diffusers_npu.training.data import make_shapes_dataset
-
-    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", num_images=8, resolution=32)
-
-
-def train(script: str, out: Path, data: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(EXAMPLES / script), "--train_data_dir", str(data), "--output_dir", str(out),
-           "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "2", "--learning_rate", "1e-3",
-           "--checkpointing_steps", "1000", *extra]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def tiny_path(kind: str) -> str:
-    from diffusers_npu import tiny
-
-    return str(tiny.tiny_model_path(kind))
-
-
-def assert_summary(stdout: str, steps: int) -> None:
-    match = SUMMARY.search(stdout)
-    assert match, stdout[-2000:]
-    assert int(match.group(7)) == steps and float(match.group(2)) > 0 and float(match.group(1)) > 0
+from .helpers import EXAMPLES, assert_summary, tiny_path, train
 
 
 @pytest.mark.slow

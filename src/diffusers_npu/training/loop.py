@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import statistics
 import sys
 import time
@@ -23,6 +25,8 @@ from . import data
 from .config import TrainConfig
 
 logger = logging.getLogger("diffusers_npu.train")
+# Fault injection for the kill-and-resume test: SIGKILL this process right after the checkpoint of this step.
+KILL_AFTER_CHECKPOINT_ENV = "DIFFUSERS_NPU_KILL_AFTER_CHECKPOINT"
 
 
 @dataclass
@@ -108,6 +112,8 @@ def _setup(recipe, cfg: TrainConfig):
         dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else data.collate,
         num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
         persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
+        # Its own generator: creating a loader iterator (as resuming does) must not draw from the global RNG.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     loader = accelerator.prepare(loader)  # first, so the step count below is per process
     if len(loader) == 0:
@@ -210,6 +216,8 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
         if acc.is_main_process:
             checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit)
             logger.info("saved %s", path)
+        if os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == str(run.step):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _epochs(run: Run):
