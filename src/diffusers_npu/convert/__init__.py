@@ -1,0 +1,41 @@
+"""``diffusers-npu convert WHAT``: weight conversions between MindSpore/MindONE, diffusers and single-file layouts.
+
+One line per conversion in ``CONVERTERS`` (``name: ("module:function", "help")``); a module is imported only when
+its conversion runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_P = "diffusers_npu.convert."
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "mindone-lora": (_P + "mindone_lora:add_from_mindone_args",
+                     "MindONE SDXL LoRA .ckpt -> diffusers/PEFT LoRA .safetensors (by name, shape-checked)"),
+    "lora-to-mindone": (_P + "mindone_lora:add_to_mindone_args",
+                        "diffusers/PEFT SDXL UNet LoRA .safetensors -> MindONE LoRA .ckpt"),
+    "ckpt-to-safetensors": (_P + "mindspore_ckpt:add_to_safetensors_args",
+                            "MindSpore .ckpt -> .safetensors, names and values unchanged"),
+    "safetensors-to-ckpt": (_P + "mindspore_ckpt:add_to_ckpt_args",
+                            ".safetensors -> MindSpore .ckpt, names and values unchanged"),
+    "sdxl-to-single-file": (_P + "sdxl_single_file:add_to_single_file_args",
+                            "diffusers SDXL folder -> original single-file .safetensors"),
+    "single-file-to-sdxl": (_P + "sdxl_single_file:add_from_single_file_args",
+                            "original single-file SDXL (.safetensors or MindSpore .ckpt) -> diffusers folder"),
+}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """The ``convert`` subcommand: one sub-subcommand per entry of ``CONVERTERS``."""
+    from ..cli import add_lazy_subcommands
+
+    add_lazy_subcommands(parser, CONVERTERS, argv, "what")
+
+
+def existing_file(value: str) -> Path:
+    """argparse ``type`` for an input file: a missing one is a usage error naming it, not a traceback."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value} is not a file")
+    return path
