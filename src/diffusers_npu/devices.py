@@ -204,6 +204,11 @@ def get_device(requested: str | None = None) -> Device:
     return Device(kind, index)
 
 
+def device_count(kind: str) -> int:
+    """How many devices of ``kind`` this host has (1 for cpu): the launchers' default process count."""
+    return 1 if kind == "cpu" else _device_module(kind).device_count()
+
+
 def parse_dtype(name: str) -> torch.dtype:
     """``"fp16"|"bf16"|"fp32"|"no"`` to a torch dtype; a one-line error for anything else."""
     if name not in DTYPES:
@@ -244,3 +249,9 @@ def build_accelerator(
     if mixed_precision == "fp16" and loss_scale == "static":
         accelerator.scaler = device.grad_scaler(static=True, init_scale=init_loss_scale)
     return accelerator
+
+
+if __name__ == "__main__":
+    # ``python -m diffusers_npu.devices``: "<kind> <count>", read by test/_common.sh.
+    _kind = detect_kind()
+    print(_kind, device_count(_kind))
