@@ -1,0 +1,35 @@
+"""Training options whose effect is observable: cached latents skip the encoders after the first pass,
+validation images are written, gradient accumulation counts optimizer steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import SUMMARY, train
+
+
+@pytest.mark.slow
+def test_cache_latents_runs_the_encoders_once(tmp_path, shapes):
+    from diffusers_npu.training import args, loop
+    from diffusers_npu.training.recipes.sd import SDRecipe
+
+    argv = ["--train_data_dir", str(shapes), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
+            "--train_batch_size", "4", "--num_train_epochs", "3", "--cache_latents", "--checkpointing_steps", "1000"]  # fmt: skip
+    cfg = args.parse(args.build_parser("test", default_model="tiny:sd15"), argv)
+    recipe = SDRecipe(cfg, lora=False)
+    calls = []
+    encode = recipe.encode_batch
+    recipe.encode_batch = lambda batch: calls.append(len(batch["captions"])) or encode(batch)
+    stats = loop.run(recipe, cfg)
+    assert len(stats.step_losses) == 6  # 8 images / batch 4 = 2 steps per epoch, 3 epochs
+    assert sum(calls) == 8, "the encoders must see each image once, not once per epoch"
+
+
+@pytest.mark.slow
+def test_validation_images_and_gradient_accumulation(tmp_path, shapes):
+    out = tmp_path / "out"
+    proc = train("train_text_to_image.py", out, shapes, "--validation_prompt", "a red circle",
+                 "--num_validation_images", "2", "--gradient_accumulation_steps", "2", steps=2)  # fmt: skip
+    assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["epoch0000_0.png", "epoch0000_1.png"]
+    match = SUMMARY.search(proc.stdout)
+    assert match and int(match.group(7)) == 2 and "global_batch=4" in proc.stdout  # 2 micro-batches of 2 per step
