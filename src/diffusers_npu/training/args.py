@@ -144,6 +144,63 @@ def add_lora_args(parser: argparse.ArgumentParser, text_encoder: bool) -> None:
         g.add_argument("--train_text_encoder", action="store_true")
 
 
+def add_dreambooth_args(parser: argparse.ArgumentParser) -> None:
+    """DreamBooth data and prior preservation (diffusers' train_dreambooth_lora_flux.py names)."""
+    g = parser.add_argument_group("DreamBooth")
+    g.add_argument(
+        "--instance_data_dir",
+        default=None,
+        help="folder of the subject's images; unset: --train_data_dir (--local_data_dir)",
+    )
+    g.add_argument("--instance_prompt", default=None, help="prompt naming the subject, e.g. 'a photo of sks dog'")
+    g.add_argument("--class_data_dir", default=None, help="class images; missing ones are generated here")
+    g.add_argument("--class_prompt", default=None, help="prompt of the subject's class, e.g. 'a photo of a dog'")
+    g.add_argument(
+        "--with_prior_preservation", action="store_true", help="add the class-prior loss (Ruiz et al. 2023)"
+    )
+    g.add_argument("--prior_loss_weight", type=float, default=D.prior_loss_weight)
+    g.add_argument(
+        "--num_class_images",
+        type=int,
+        default=D.num_class_images,
+        help="class images wanted; the base model generates the missing ones",
+    )
+    g.add_argument("--sample_batch_size", type=int, default=D.sample_batch_size, help="class images per pipeline call")  # fmt: skip
+
+
+def add_flux_args(parser: argparse.ArgumentParser) -> None:
+    """Flow-matching training of FLUX: guidance, timestep density and loss weighting, T5 length, LoRA layers."""
+    from .recipes.flux_lora import WEIGHTING_SCHEMES
+
+    g = parser.add_argument_group("FLUX flow matching")
+    g.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=D.guidance_scale,
+        help="value fed to the guidance embedding (FLUX.1-dev); the reference trains with 1",
+    )
+    g.add_argument(
+        "--weighting_scheme",
+        default=D.weighting_scheme,
+        choices=list(WEIGHTING_SCHEMES),
+        help="timestep density and loss weighting, Esser et al. (2024) §3.1",
+    )
+    g.add_argument("--logit_mean", type=float, default=D.logit_mean, help="logit_normal: mean")
+    g.add_argument("--logit_std", type=float, default=D.logit_std, help="logit_normal: std")
+    g.add_argument("--mode_scale", type=float, default=D.mode_scale, help="mode: scale")
+    g.add_argument("--max_sequence_length", type=int, default=D.max_sequence_length, help="T5 tokens per prompt")
+    g.add_argument(
+        "--cache_text_embeddings",
+        action="store_true",
+        help="encode each distinct prompt once and reuse it (not with --train_text_encoder)",
+    )
+    g.add_argument(
+        "--lora_layers",
+        default=None,
+        help="comma-separated transformer modules to adapt; unset: to_k,to_q,to_v,to_out.0",
+    )
+
+
 # The reference port's flags (seed train_text_to_image.py L503-517; upstream-facts §3b) and diffusers'
 # older ones, each an alias that sets a registry choice or a plain flag. One table, nowhere else.
 LEGACY_ALIASES: dict[str, tuple[str, object]] = {

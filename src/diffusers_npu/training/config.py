@@ -80,6 +80,24 @@ class TrainConfig:
     rank: int = 4
     lora_alpha: int | None = None
     train_text_encoder: bool = False
+    # DreamBooth (examples/dreambooth; training/dreambooth_data.py)
+    instance_data_dir: str | None = None
+    instance_prompt: str | None = None
+    class_data_dir: str | None = None
+    class_prompt: str | None = None
+    with_prior_preservation: bool = False
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 100
+    sample_batch_size: int = 4
+    # flow matching (FLUX; training/recipes/flux_lora.py)
+    guidance_scale: float = 3.5
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    max_sequence_length: int = 512
+    cache_text_embeddings: bool = False
+    lora_layers: str | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainConfig:

@@ -61,6 +61,8 @@ class RunStats:
 
 
 def _dataset(recipe, cfg: TrainConfig):
+    if hasattr(recipe, "build_dataset"):  # a recipe with its own data (DreamBooth: instance + class images)
+        return recipe.build_dataset()
     hf, image_col, caption_col = data.load_image_text_dataset(
         cfg.dataset_name, cfg.train_data_dir, cfg.image_column, cfg.caption_column,
         cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples,
@@ -70,9 +72,14 @@ def _dataset(recipe, cfg: TrainConfig):
     )
 
 
+def _collate(dataset):
+    """The dataset's own ``collate`` if it has one (DreamBooth: instance rows, then class rows), else data.collate."""
+    return getattr(dataset, "collate", data.collate)
+
+
 def _cache_encodings(recipe, dataset, cfg: TrainConfig) -> list[dict]:
     """--cache_latents: run the frozen encoders once over the dataset; later epochs reuse the results."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, collate_fn=data.collate)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, collate_fn=_collate(dataset))
     cached = []
     for batch in tqdm(loader, desc="caching latents", disable=not sys.stderr.isatty()):
         encoded = recipe.encode_batch(batch)
@@ -109,7 +116,7 @@ def _setup(recipe, cfg: TrainConfig):
     if cfg.cache_latents:
         dataset = _cache_encodings(recipe, dataset, cfg)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else data.collate,
+        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else _collate(dataset),
         num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
         persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
         # Its own generator: creating a loader iterator (as resuming does) must not draw from the global RNG.
