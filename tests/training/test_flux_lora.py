@@ -168,3 +168,21 @@ def test_bad_input_exits_with_one_line(tmp_path, shapes, capsys, case):
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
     assert info.value.code == 2 and len(lines) == 1 and expect in lines[0], lines
     assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_flux_lora_inference_script_applies_the_trained_lora(bf16_run, tmp_path):
+    _, tmp = bf16_run
+    script = ROOT / "test_infer" / "flux-lora.py"
+    fast = ["--lora_path", str(tmp / "out"), "--prompt", PROMPT, "--num_inference_steps", "2", "--height", "32",
+            "--width", "32"]  # fmt: skip
+    images = {}
+    for scale in ("0", "1"):
+        out = tmp_path / scale
+        cmd = [sys.executable, str(script), *fast, "--lora_scale", scale, "--output_dir", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (png,) = out.glob("*.png")
+        images[scale] = np.asarray(Image.open(png), dtype=np.int16)
+        assert images[scale].shape == (32, 32, 3) and (out / "flux-lora.json").is_file()
+    assert np.abs(images["1"] - images["0"]).max() > 0, "--lora_scale 1 must differ from 0"

@@ -1,0 +1,159 @@
+"""Load a task's diffusers pipeline and apply the flags that change it: sampler, LoRA, embeddings, attention."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from .. import attention, samplers
+from ..errors import UserError
+from ..model_paths import resolve_model_path
+from .args import InferConfig
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a ``test_infer/`` task loads and calls its pipeline."""
+
+    loader: str  # diffusers class whose from_pretrained loads the model
+    from_noise: bool = True  # starts from pure noise, so --init_latent_path applies
+    prompts: bool = True
+
+
+TASKS: dict[str, TaskSpec] = {
+    "text-to-image": TaskSpec("DiffusionPipeline"),
+    "textual-inversion": TaskSpec("DiffusionPipeline"),
+    "lora": TaskSpec("DiffusionPipeline"),
+    "text-guide-img-to-img": TaskSpec("AutoPipelineForImage2Image", from_noise=False),
+    "text-guide-image-inpainting": TaskSpec("AutoPipelineForInpainting", from_noise=False),
+    "text-guide-depth-to-image": TaskSpec("DiffusionPipeline", from_noise=False),
+    "unconditional-image-generation": TaskSpec("DiffusionPipeline", from_noise=False, prompts=False),
+    "sdxl-base": TaskSpec("DiffusionPipeline"),
+    "sdxl-refiner": TaskSpec("AutoPipelineForImage2Image", from_noise=False),
+    "sdxl-pipeline": TaskSpec("DiffusionPipeline"),  # base from noise, then the refiner on its latents
+    # FLUX packs its latents 2x2, so --init_latent_path's (images, C, H/f, W/f) layout does not apply.
+    "flux-lora": TaskSpec("DiffusionPipeline", from_noise=False),
+}
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's denoising network (UNet or transformer)."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def accepts(pipe, name: str) -> bool:
+    """True if the pipeline's ``__call__`` takes keyword ``name``."""
+    return name in inspect.signature(type(pipe).__call__).parameters
+
+
+def _local_components(path: str) -> set[str]:
+    index = Path(path) / "model_index.json"
+    return set(json.loads(index.read_text())) if index.is_file() else {"safety_checker"}
+
+
+def load_pipeline(
+    path: str, flag: str, loader: str, cfg: InferConfig, dtype: torch.dtype, **components: Any
+) -> diffusers.DiffusionPipeline:
+    """``loader.from_pretrained`` on ``path`` (a folder, hub id or tiny:<kind>) in ``dtype``, on CPU.
+
+    ``components`` replace pipeline parts (the SDXL ensemble shares the base's VAE and second text encoder).
+    Raises UserError for a missing model directory.
+    """
+    resolved = resolve_model_path(path, flag)
+    kwargs: dict[str, Any] = dict(dtype=dtype, **components)
+    if cfg.disable_safety_checker and "safety_checker" in _local_components(resolved):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if cfg.unet_path is not None and flag == "--model_path":
+        if not (Path(cfg.unet_path) / "config.json").is_file():
+            raise UserError(f"--unet_path {cfg.unet_path} is not a diffusers model folder (no config.json); pass one")
+        kwargs["unet"] = diffusers.AutoModel.from_pretrained(cfg.unet_path, dtype=dtype)
+    pipe = getattr(diffusers, loader).from_pretrained(resolved, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def apply_sampler(pipe, cfg: InferConfig) -> dict[str, Any]:
+    """Swap in the ``--sampler``/``--discretization`` scheduler; return extra call kwargs (``sigmas``)."""
+    pipe.scheduler, call_kwargs = samplers.build_scheduler(
+        pipe.scheduler, cfg.sampler_choice(), cfg.num_inference_steps
+    )
+    if "sigmas" in call_kwargs and not accepts(pipe, "sigmas"):
+        raise UserError(f"--discretization edm needs a pipeline that takes sigmas, not {type(pipe).__name__}; drop it")
+    if not TASKS[cfg.task].prompts:  # DDPMPipeline: no scale_model_input, no init_noise_sigma, passes generator=
+        spec = samplers.SAMPLERS.get(cfg.sampler or "")
+        takes_generator = "generator" in inspect.signature(pipe.scheduler.step).parameters
+        if (spec is not None and spec.sigma_space) or not takes_generator:
+            raise UserError(
+                f"--sampler {cfg.sampler} does not fit {type(pipe).__name__}; use ddpm, ddim, dpm++2m, dpm++sde or lcm"
+            )
+    return call_kwargs
+
+
+def apply_lora(pipe, path: str, scale: float) -> None:
+    """Load LoRA weights as adapter ``lora`` at ``scale`` (0 leaves the model's outputs unchanged)."""
+    if not hasattr(pipe, "load_lora_weights"):
+        raise UserError(f"--lora_path: {type(pipe).__name__} cannot load LoRA weights; use an SD, SDXL or FLUX model")
+    try:
+        pipe.load_lora_weights(path, adapter_name="lora")
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"--lora_path {path} could not be loaded ({str(err).splitlines()[0]}); pass diffusers LoRA weights"
+        ) from None
+    pipe.set_adapters(["lora"], adapter_weights=[scale])
+
+
+def apply_textual_inversion(pipe, path: str, token: str | None) -> None:
+    """Load a learned embedding; an SDXL file with ``clip_l``/``clip_g`` goes into both text encoders."""
+    if not hasattr(pipe, "load_textual_inversion"):
+        raise UserError(
+            f"--textual_inversion_path: {type(pipe).__name__} cannot load embeddings; use an SD or SDXL model"
+        )
+    if path.endswith(".safetensors") and getattr(pipe, "text_encoder_2", None) is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        if {"clip_l", "clip_g"} <= set(state):
+            token = token or Path(path).stem
+            pipe.load_textual_inversion(
+                state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+            )
+            pipe.load_textual_inversion(
+                state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+            )
+            return
+    try:
+        pipe.load_textual_inversion(path, token=token)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--textual_inversion_path {path} could not be loaded ({str(err).splitlines()[0]}); pass a learned_embeds file"
+        ) from None
+
+
+def apply_attention(pipe, name: str, device_kind: str, dtype: torch.dtype) -> None:
+    """Route every attention layer of the denoiser and the VAE through kernel ``name`` (attention.KERNELS)."""
+    for part in ("unet", "transformer", "vae"):
+        model = getattr(pipe, part, None)
+        if model is not None and hasattr(model, "set_attn_processor"):
+            attention.set_attention(model, name, device_kind, dtype)
+
+
+def prepare(pipe, cfg: InferConfig, device, dtype: torch.dtype, adapters: bool = True) -> dict[str, Any]:
+    """Apply sampler, LoRA, embedding and attention flags, move to ``device``; return extra call kwargs.
+
+    ``adapters=False`` (the SDXL refiner) skips LoRA and embeddings, which are trained for the base.
+    """
+    call_kwargs = apply_sampler(pipe, cfg)
+    if adapters and cfg.lora_path is not None:
+        apply_lora(pipe, cfg.lora_path, cfg.lora_scale)
+    if adapters and cfg.textual_inversion_path is not None:
+        apply_textual_inversion(pipe, cfg.textual_inversion_path, cfg.token)
+    if cfg.attention is not None:
+        apply_attention(pipe, cfg.attention, device.kind, dtype)
+    pipe.to(device.torch_device)
+    return call_kwargs
