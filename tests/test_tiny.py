@@ -472,3 +472,13 @@ def test_cli_refusal_is_one_line_without_traceback(tmp_path, capsys):
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
     assert "neither empty nor a tiny 'ddpm' model" in captured.err
     assert (tmp_path / "keep.txt").read_text() == "keep"
+
+
+def test_cache_entry_without_marker_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSERS_NPU_CACHE", str(tmp_path))
+    broken = tmp_path / "tiny" / f"ddpm-{tiny.CACHE_VERSION}"
+    broken.mkdir(parents=True)
+    (broken / "leftover.txt").write_text("x")
+    with pytest.raises(UserError, match="not a complete tiny model; delete it"):
+        tiny.tiny_model_path("ddpm")
+    assert (broken / "leftover.txt").read_text() == "x"

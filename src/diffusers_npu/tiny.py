@@ -346,8 +346,10 @@ def _publish(tmp: Path, final: Path) -> None:
     try:
         os.rename(tmp, final)  # atomic; replaces ``final`` only if it is an empty directory
     except OSError as err:
-        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not _read_marker(final):
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
+        if not _read_marker(final):
+            raise UserError(f"{final} exists but is not a complete tiny model; delete it and run again") from None
 
 
 def cache_dir() -> Path:
