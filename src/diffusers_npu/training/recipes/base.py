@@ -86,13 +86,18 @@ class Recipe:
         return self.ema
 
     # ---- per step ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_batch(self, batch: dict) -> dict:
-        """Pixels to latents (with the random flip) and captions to embeddings: the frozen part of a step."""
-        pixels = batch["pixel_values"].to(self.device, dtype=self.vae.dtype, non_blocking=True)  # (B, 3, H, W)
+    def pixels(self, batch: dict) -> torch.Tensor:
+        """The batch's images on the device in the VAE's dtype, (B, 3, H, W), with --random_flip applied."""
+        pixels = batch["pixel_values"].to(self.device, dtype=self.vae.dtype, non_blocking=True)
         if self.cfg.random_flip:
             flip = torch.rand(pixels.shape[0]) < 0.5  # global RNG: restored exactly on resume
             pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
+        return pixels
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict) -> dict:
+        """Pixels to latents (with the random flip) and captions to embeddings: the frozen part of a step."""
+        pixels = self.pixels(batch)
         latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
         captions = list(batch["captions"])
         if self.cfg.proportion_empty_prompts > 0:

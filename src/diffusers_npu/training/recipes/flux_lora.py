@@ -220,10 +220,7 @@ class FluxLoRARecipe(Recipe):
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> dict:
         """Pixels to shifted, scaled latents (with the random flip) and prompts to T5 / CLIP embeddings."""
-        pixels = batch["pixel_values"].to(self.device, dtype=self.vae.dtype, non_blocking=True)  # (B, 3, H, W)
-        if self.cfg.random_flip:
-            flip = torch.rand(pixels.shape[0]) < 0.5  # global RNG: restored exactly on resume
-            pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
+        pixels = self.pixels(batch)
         vae = self.vae.config
         latents = (self.vae.encode(pixels).latent_dist.sample() - (vae.shift_factor or 0.0)) * vae.scaling_factor
         captions = list(batch["captions"])
