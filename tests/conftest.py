@@ -40,3 +40,13 @@ def npu_double(monkeypatch):
 
     yield torch_npu
     _forget_npu()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide AcceleratorState; a test that built an Accelerator (fp16, NPU double)
+    must not decide the settings of the next in-process run."""
+    yield
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
