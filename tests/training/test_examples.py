@@ -72,6 +72,7 @@ BAD_INPUTS = {
     "fp16 on cpu": (["--mixed_precision", "fp16"], "fp16 is not supported on cpu"),
     "optimizer extra missing": (["--use_npu_fuse_adamW"], "pip install torch-npu=="),
     "resolution not multiple of 8": (["--resolution", "30"], "multiple of 8"),
+    "tracker not installed": (["--report_to", "wandb"], "--report_to wandb needs wandb: pip install wandb"),
     "resume from missing checkpoint": (["--resume_from_checkpoint", "checkpoint-7"], "does not exist"),
 }
 

@@ -92,6 +92,18 @@ def _stack(examples: list[dict]) -> dict:
     return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+# --report_to name -> the packages any one of which provides it (accelerate skips a missing tracker silently).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def _check_trackers(report_to: str | None) -> None:
+    import importlib.util
+
+    for name in TRACKER_PACKAGES if report_to == "all" else [report_to] if report_to else []:
+        if not any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES[name]):
+            raise UserError(f"--report_to {report_to} needs {name}: pip install {TRACKER_PACKAGES[name][0]}")
+
+
 def _setup(recipe, cfg: TrainConfig):
     """Everything before the first step: accelerator, models, data, optimizer, schedule, resume."""
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -99,6 +111,7 @@ def _setup(recipe, cfg: TrainConfig):
 
     device = devices.get_device(cfg.device)
     out = Path(cfg.output_dir)
+    _check_trackers(cfg.report_to)
     resume = checkpoint.resolve_resume(out, cfg.resume_from_checkpoint)
     if resume is not None:
         checkpoint.verify_checkpoint(resume)  # fail before any work, and before anything is written
