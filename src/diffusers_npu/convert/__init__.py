@@ -22,7 +22,9 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "sdxl-to-single-file": (_P + "sdxl_single_file:add_to_single_file_args",
                             "diffusers SDXL folder -> original single-file .safetensors"),
     "single-file-to-sdxl": (_P + "sdxl_single_file:add_from_single_file_args",
-                            "original single-file SDXL (.safetensors or MindSpore .ckpt) -> diffusers folder"),
+                            "original single-file SDXL (.safetensors or MindONE .ckpt) -> diffusers folder"),
+    "sdxl-to-mindone": (_P + "mindone_sdxl:add_to_mindone_args",
+                        "diffusers SDXL folder -> MindONE full-model .ckpt (sgm layout, MindSpore names)"),
 }  # fmt: skip
 
 

@@ -402,22 +402,12 @@ def save_diffusers_folder(components: Mapping[str, Mapping[str, torch.Tensor]], 
     return out
 
 
-def from_mindspore_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """MindSpore parameter names -> PyTorch ones: norms' ``gamma``/``beta`` are ``weight``/``bias``, an
-    embedding's ``embedding_table`` is its ``weight`` (mindspore.nn.LayerNorm/GroupNorm/Embedding). MindONE's
-    SDXL checkpoints otherwise use the sgm names (tools/model_conversion/mindspore_key_base.yaml).
-    """
-    renames = {"gamma": "weight", "beta": "bias", "embedding_table": "weight"}
-    out = {}
-    for key, value in state.items():
-        module, _, param = key.rpartition(".")
-        out[f"{module}.{renames.get(param, param)}" if module else key] = value
-    return out
-
-
 def load_single_file(path: Path) -> dict[str, torch.Tensor]:
-    """A single-file checkpoint: ``.safetensors``, or a MindSpore/MindONE ``.ckpt`` of the same layout."""
+    """A single-file checkpoint: ``.safetensors``, or a MindONE ``.ckpt`` of the same layout under MindSpore's
+    parameter names (``mindone_sdxl.from_mindspore_names``).
+    """
     if path.suffix == ".ckpt":
+        from .mindone_sdxl import from_mindspore_names
         from .mindspore_ckpt import load_ckpt
 
         return from_mindspore_names(load_ckpt(path).tensors)
