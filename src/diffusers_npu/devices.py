@@ -12,6 +12,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import platform
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -175,6 +176,12 @@ class Device:
 
     def empty_cache(self) -> None:
         _EMPTY_CACHE.get(self.kind, lambda: _device_module(self.kind).empty_cache())()
+
+    def name(self) -> str:
+        """The hardware's name, for benchmark records ("NVIDIA H100 80GB HBM3", "Ascend910B", or the CPU's)."""
+        if self.kind == "cpu":
+            return platform.processor() or platform.machine()
+        return _device_module(self.kind).get_device_name(self.index or 0)
 
     def peak_memory_gib(self) -> float:
         """Peak memory allocated by torch on this device since the last reset, in GiB (0.0 on CPU)."""
