@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -102,3 +103,33 @@ def test_corrupt_image_is_named_by_index(tmp_path):
     ds[0]
     with pytest.raises(UserError, match="image 2 of the dataset cannot be decoded"):
         ds[2]
+
+
+def test_flipped_crop_coordinates_locate_the_crop_in_the_mirrored_image(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    datasets.Dataset.from_dict({"image": [image], "text": ["x"]}).save_to_disk(tmp_path / "d")
+    hf, image_col, caption_col = data.load_image_text_dataset(None, str(tmp_path / "d"))
+    item = data.ImageCaptionDataset(hf, image_col, caption_col, 24, seed=3)[0]
+    resized = image.resize((29, 24), Image.Resampling.BILINEAR)  # shorter side 40 -> 24, as the dataset does
+    mirrored = np.asarray(resized.transpose(Image.Transpose.FLIP_LEFT_RIGHT), dtype=np.float32) / 127.5 - 1
+    top, left = item["flipped_crop_top_left"]
+    expected = torch.from_numpy(mirrored[top : top + 24, left : left + 24].copy()).permute(2, 0, 1)
+    assert torch.allclose(item["pixel_values"].flip(-1), expected)
+
+
+def test_random_flip_moves_sdxl_crop_coordinates_to_the_mirrored_frame():
+    from types import SimpleNamespace
+
+    from diffusers_npu.training.recipes.base import Recipe
+
+    recipe = object.__new__(Recipe)
+    recipe.device, recipe.vae = torch.device("cpu"), SimpleNamespace(dtype=torch.float32)
+    recipe.cfg = SimpleNamespace(random_flip=True)
+    batch = {"pixel_values": torch.arange(8.0).reshape(8, 1, 1, 1).expand(8, 3, 2, 2).clone(),
+             "crop_top_lefts": torch.zeros(8, 2, dtype=torch.long), "flipped_crop_top_lefts": torch.ones(8, 2, dtype=torch.long)}  # fmt: skip
+    batch["pixel_values"][:, :, :, 1] += 100  # right column differs: a flip is visible
+    torch.manual_seed(0)
+    pixels = recipe.pixels(batch)
+    flipped = pixels[:, 0, 0, 0] >= 100
+    assert 0 < flipped.sum() < 8
+    assert torch.equal(batch["crop_top_lefts"][:, 0] == 1, flipped)

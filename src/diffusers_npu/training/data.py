@@ -157,6 +157,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         else:
             rng = random.Random(self.seed * 1_000_003 + int(index))
             top, left = rng.randint(0, image.height - r), rng.randint(0, image.width - r)
+        width = image.width
         image = image.crop((left, top, left + r, top + r))
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
         return {
@@ -164,6 +165,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             "caption": _caption(row[self.caption_column], index),
             "original_size": original,
             "crop_top_left": (top, left),
+            # Where this crop sits in the mirrored image: SDXL's crop conditioning after --random_flip.
+            "flipped_crop_top_left": (top, width - r - left),
             "index": int(index),
         }
 
@@ -174,6 +177,7 @@ def collate(examples: list[dict]) -> dict:
         "captions": [e["caption"] for e in examples],
         "original_sizes": torch.tensor([e["original_size"] for e in examples]),
         "crop_top_lefts": torch.tensor([e["crop_top_left"] for e in examples]),
+        "flipped_crop_top_lefts": torch.tensor([e["flipped_crop_top_left"] for e in examples]),
         "indices": torch.tensor([e["index"] for e in examples]),
     }
 

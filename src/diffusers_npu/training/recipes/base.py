@@ -87,11 +87,18 @@ class Recipe:
 
     # ---- per step ----------------------------------------------------------------------------------
     def pixels(self, batch: dict) -> torch.Tensor:
-        """The batch's images on the device in the VAE's dtype, (B, 3, H, W), with --random_flip applied."""
+        """The batch's images on the device in the VAE's dtype, (B, 3, H, W), with --random_flip applied
+        (and, for flipped rows, ``batch["crop_top_lefts"]`` replaced by the mirrored frame's coordinates)."""
         pixels = batch["pixel_values"].to(self.device, dtype=self.vae.dtype, non_blocking=True)
         if self.cfg.random_flip:
             flip = torch.rand(pixels.shape[0]) < 0.5  # global RNG: restored exactly on resume
             pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
+            if "flipped_crop_top_lefts" in batch:  # crop coordinates in the mirrored frame, as diffusers' SDXL script
+                batch["crop_top_lefts"] = torch.where(
+                    flip.to(batch["crop_top_lefts"].device)[:, None],
+                    batch["flipped_crop_top_lefts"],
+                    batch["crop_top_lefts"],
+                )
         return pixels
 
     @torch.no_grad()
