@@ -19,7 +19,7 @@ def test_loss_fell_compares_first_and_last_tenth():
 
 @pytest.mark.slow
 def test_quickstart_trains_until_the_loss_falls_and_samples_a_grid(tmp_path):
-    cmd = [sys.executable, "-m", "diffusers_npu.quickstart", "--output_dir", str(tmp_path), "--steps", "30",
+    cmd = [sys.executable, "-m", "diffusers_npu.quickstart", "--output_dir", str(tmp_path), "--steps", "30", "--vae_steps", "20",
            "--num_images", "16"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
