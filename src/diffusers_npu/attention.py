@@ -117,7 +117,8 @@ def _npu_drop_mask(mask: torch.Tensor, batch: int, q_len: int) -> torch.Tensor:
 
 @register_kernel("npu_fa", devices={"npu"}, dtypes=_HALF)
 def npu_flash_attention(q, k, v, mask, scale):
-    """``torch_npu.npu_fusion_attention`` (Ascend FlashAttention), layout BNSD, as diffusers' AttnProcessorNPU."""
+    """Ascend FlashAttention (``npu_fusion_attention`` from ``devices.npu_ops``), layout BNSD, as diffusers'
+    AttnProcessorNPU."""
     batch, heads, q_len, _ = q.shape
     drop = None if mask is None else _npu_drop_mask(mask, batch, q_len)
     # pre/next_tockens=65536 and sparse_mode 0: full attention, as upstream diffusers calls it.

@@ -18,11 +18,14 @@ from . import devices
 from .errors import MissingExtraError, UserError
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
+# ``source`` prefix for classes inside the NPU ops module (``devices.npu_ops()``), which only devices imports.
+NPU_OPS = "npu_ops"
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimizer: where its class lives (``module:attr``), the devices it runs on, how to install it."""
+    """One optimizer: where its class lives (``module:attr``, or ``npu_ops:attr.path``), the devices it runs on,
+    how to install it."""
 
     name: str
     source: str
@@ -36,8 +39,11 @@ class OptimizerSpec:
     def load(self) -> type[torch.optim.Optimizer]:
         """Import the optimizer class; raise MissingExtraError with the install hint if it is absent."""
         module, attr = self.source.split(":")
-        if module.split(".")[0] == "torch_npu":
-            devices.npu_ops(f"--optimizer {self.name}")  # the guarded import, with the torch-npu install hint
+        if module == NPU_OPS:  # an attribute path inside the NPU ops module, reached only through devices
+            found = devices.npu_ops(f"--optimizer {self.name}")
+            for part in attr.split("."):
+                found = getattr(found, part)
+            return found
         try:
             return getattr(importlib.import_module(module), attr)
         except ImportError as err:
@@ -55,7 +61,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec("adamw_fused", "torch.optim:AdamW", frozenset({"cpu", "cuda"}),
                       "--optimizer adamw_fused needs a torch whose AdamW has fused=True; use --optimizer adamw",
                       MappingProxyType({"fused": True})),
-        OptimizerSpec("npu_fused_adamw", "torch_npu.optim:NpuFusedAdamW", frozenset({"npu"}),
+        OptimizerSpec("npu_fused_adamw", f"{NPU_OPS}:optim.NpuFusedAdamW", frozenset({"npu"}),
                       zero_grad_kwargs=MappingProxyType({"set_to_none": False})),
         OptimizerSpec("megatron_adamw", "megatron_npu.adaptor_optimizer_optimizer:AdamW", frozenset({"npu"}),
                       "--optimizer megatron_adamw needs megatron_npu (Ascend Megatron-LM, not on PyPI): "
