@@ -16,6 +16,7 @@ from .errors import UserError
 
 MANIFEST = "checkpoint.json"
 PREFIX = "checkpoint-"
+TRAINABLE_ONLY = "trainable_only"  # manifest key: the model files hold the trainable parameters only
 
 
 def _manifest(directory: Path, step: int, extra: dict) -> dict:
@@ -64,8 +65,23 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Verify checkpoint ``path`` (one-line error if missing or truncated), restore it, return its manifest."""
     manifest = verify_checkpoint(path)
-    accelerator.load_state(str(path))
+    # A trainable-only checkpoint restores the trained parameters; the frozen rest is already loaded.
+    accelerator.load_state(str(path), strict=not manifest.get(TRAINABLE_ONLY, False))
     return manifest
+
+
+def save_trainable_only(accelerator) -> None:
+    """From now on ``save_state`` writes only parameters that require grad, for models with a frozen part
+    (LoRA): the frozen weights come from the pretrained model at every start, so a FLUX LoRA checkpoint is
+    megabytes instead of the whole transformer. Record ``{TRAINABLE_ONLY: True}`` in the manifest."""
+
+    def drop_frozen(models, weights, _output_dir) -> None:
+        for model, state in zip(models, weights):
+            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+            for key in [k for k in state if k not in trainable]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(drop_frozen)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

@@ -69,3 +69,25 @@ def test_checkpoints_are_pruned_and_truncated_ones_refused(tmp_path, shapes):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "truncated" in errors[0], proc.stderr[-2000:]
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}, "nothing may be rewritten"
+
+
+@pytest.mark.slow
+def test_lora_checkpoints_hold_only_the_adapter_and_resume_bit_identically(tmp_path, shapes):
+    from safetensors import safe_open
+
+    from diffusers_npu.training.loop import KILL_AFTER_CHECKPOINT_ENV
+
+    flags = ("--random_flip", "--lr_scheduler", "cosine", "--lr_warmup_steps", "2", "--checkpointing_steps", "3",
+             "--rank", "4")  # fmt: skip
+    script = "train_text_to_image_lora.py"
+    train(script, tmp_path / "straight", shapes, *flags, steps=STEPS)
+    killed = train(script, tmp_path / "resumed", shapes, *flags, steps=STEPS, check=False,
+                   env={KILL_AFTER_CHECKPOINT_ENV: "3"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with safe_open(tmp_path / "resumed" / "checkpoint-3" / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(".lora_" in k for k in keys), "a LoRA checkpoint must not carry the frozen base weights"
+    train(script, tmp_path / "resumed", shapes, *flags, "--resume_from_checkpoint", "latest", steps=STEPS)
+    straight = load_file(tmp_path / "straight" / "pytorch_lora_weights.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -156,6 +156,9 @@ def _setup(recipe, cfg: TrainConfig):
     ema = recipe.make_ema()
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    trainable_only = any(not p.requires_grad for p in model.parameters())  # LoRA: frozen base + adapters
+    if trainable_only:
+        checkpoint.save_trainable_only(accelerator)
     step = checkpoint.load_checkpoint(accelerator, resume)["step"] if resume is not None else 0
     if cfg.report_to and accelerator.is_main_process:
         accelerator.init_trackers(
@@ -176,6 +179,7 @@ def _setup(recipe, cfg: TrainConfig):
         steps_per_epoch,
         max_steps,
         out,
+        trainable_only,
     )
 
 
@@ -197,6 +201,7 @@ class Run:
     steps_per_epoch: int
     max_steps: int
     out: Path
+    trainable_only: bool = False  # checkpoints hold the trainable parameters only (checkpoint.save_trainable_only)
 
 
 def _micro_step(run: Run, batch: dict) -> torch.Tensor:
@@ -232,7 +237,7 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
             "step %d loss=%.6f lr=%.3g step_time_s=%.4f", run.step, logs["loss"], logs["lr"], logs["step_time_s"]
         )
     if run.step % cfg.checkpointing_steps == 0 or run.step == run.max_steps:
-        path = checkpoint.save_checkpoint(acc, run.out, run.step)
+        path = checkpoint.save_checkpoint(acc, run.out, run.step, {checkpoint.TRAINABLE_ONLY: run.trainable_only})
         if acc.is_main_process:
             checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit)
             logger.info("saved %s", path)
