@@ -33,3 +33,23 @@ def test_validation_images_and_gradient_accumulation(tmp_path, shapes):
     assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["epoch0000_0.png", "epoch0000_1.png"]
     match = SUMMARY.search(proc.stdout)
     assert match and int(match.group(7)) == 2 and "global_batch=4" in proc.stdout  # 2 micro-batches of 2 per step
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_the_model_and_keeps_checkpoint_names(tmp_path, shapes):
+    import torch
+    from safetensors import safe_open
+
+    from diffusers_npu.training import args, loop
+    from diffusers_npu.training.recipes.sd import SDRecipe
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    out = tmp_path / "out"
+    argv = ["--train_data_dir", str(shapes), "--output_dir", str(out), "--resolution", "32", "--max_train_steps", "2",
+            "--checkpointing_steps", "2", "--torch_compile", "eager"]  # fmt: skip
+    cfg = args.parse(args.build_parser("test", default_model="tiny:sd15"), argv)
+    loop.run(SDRecipe(cfg, lora=False), cfg)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "torch.compile never traced the UNet"
+    with safe_open(out / "checkpoint-2" / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "_orig_mod" in k]

@@ -133,7 +133,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
         help="fp16 loss scaling; static is torch_npu's fixed scale (the reference's dynamic=False)",
     )
     g.add_argument("--init_loss_scale", type=float, default=D.init_loss_scale)
-    g.add_argument("--allow_tf32", action="store_true")  # fmt: skip
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--torch_compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="compile the trained model's forward with torch.compile (default backend: inductor); "
+                        "the first steps pay the compile time")  # fmt: skip
 
 
 def add_lora_args(parser: argparse.ArgumentParser, text_encoder: bool) -> None:

@@ -76,6 +76,7 @@ class TrainConfig:
     loss_scale: str = "dynamic"
     init_loss_scale: float = 2.0**16
     allow_tf32: bool = False
+    torch_compile: str | None = None  # a torch.compile backend name
     # LoRA (only the LoRA recipes read these)
     rank: int = 4
     lora_alpha: int | None = None

@@ -152,6 +152,8 @@ def _setup(recipe, cfg: TrainConfig):
     max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
     schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
                              num_training_steps=max_steps * accelerator.num_processes)  # fmt: skip
+    if cfg.torch_compile:  # Module.compile: compiled in place, so state_dict keys (checkpoints) stay the same
+        recipe.unet.compile(backend=cfg.torch_compile)
     model, optimizer, schedule = accelerator.prepare(recipe.unet, optimizer, schedule)
     ema = recipe.make_ema()
     if ema is not None:
