@@ -56,6 +56,7 @@ class InferConfig:
     dtype: str = "fp32"
     device: str | None = None
     attention: str | None = None
+    torch_compile: str | None = None  # a torch.compile backend name for the denoiser
     output_dir: str = "outputs"
     benchmark: int = 1
 
@@ -191,8 +192,14 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("device")
     g.add_argument("--dtype", default=D.dtype, choices=[k for k in DTYPES if k != "no"])
     g.add_argument("--device", default=None, help="npu, cuda, cpu or kind:index; None = detected")
-    g.add_argument("--attention", choices=list(attention.KERNELS), default=None,
-                   help="attention kernel; None = diffusers' own processors")  # fmt: skip
+    g.add_argument(
+        "--attention",
+        choices=list(attention.KERNELS),
+        default=None,
+        help="attention kernel; None = diffusers' own processors",
+    )
+    g.add_argument("--torch_compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the denoiser (default backend: inductor); --benchmark N > 1 times it warm")  # fmt: skip
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:

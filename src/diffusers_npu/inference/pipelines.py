@@ -156,4 +156,8 @@ def prepare(pipe, cfg: InferConfig, device, dtype: torch.dtype, adapters: bool =
     if cfg.attention is not None:
         apply_attention(pipe, cfg.attention, device.kind, dtype)
     pipe.to(device.torch_device)
+    if cfg.torch_compile:  # in place: the denoiser's weights and names stay as loaded
+        for part in ("unet", "transformer"):
+            if getattr(pipe, part, None) is not None:
+                getattr(pipe, part).compile(backend=cfg.torch_compile)
     return call_kwargs
