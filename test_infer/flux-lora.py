@@ -19,10 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args.add_model_args(parser, default_model="tiny:flux", lora_required=True)
     args.add_prompt_args(parser, default_prompt="a photo of sks dog in a bucket")
     args.add_sampling_args(parser, steps=28, guidance=3.5)
-    args.add_device_args(parser)
-    args.add_output_args(parser)
-    print(run.summary(run.run(args.to_config(parser.parse_args(argv), TASK))))
-    return 0
+    return run.main(parser, argv, TASK)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args.add_model_args(parser, default_model="tiny:sdxl", refiner="tiny:sdxl-refiner")
     args.add_prompt_args(parser, default_prompt="A majestic lion jumping from a big stone at night")
     args.add_sampling_args(parser, steps=40, guidance=5.0, ensemble=True)
-    args.add_device_args(parser)
-    args.add_output_args(parser)
-    print(run.summary(run.run(args.to_config(parser.parse_args(argv), TASK))))
-    return 0
+    return run.main(parser, argv, TASK)
 
 
 if __name__ == "__main__":

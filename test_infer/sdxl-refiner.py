@@ -20,10 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.add_image_args(parser, default_strength=0.3)
     args.add_sampling_args(parser, steps=40, guidance=5.0)
-    args.add_device_args(parser)
-    args.add_output_args(parser)
-    print(run.summary(run.run(args.to_config(parser.parse_args(argv), TASK))))
-    return 0
+    return run.main(parser, argv, TASK)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args.add_prompt_args(parser, default_prompt="Face of a yellow cat, high resolution, sitting on a park bench")
     args.add_image_args(parser, default_strength=1.0, mask=True)
     args.add_sampling_args(parser)
-    args.add_device_args(parser)
-    args.add_output_args(parser)
-    print(run.summary(run.run(args.to_config(parser.parse_args(argv), TASK))))
-    return 0
+    return run.main(parser, argv, TASK)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = args.new_parser(__doc__)
     args.add_model_args(parser, default_model="tiny:ddpm")
     args.add_sampling_args(parser, steps=1000)
-    args.add_device_args(parser)
-    args.add_output_args(parser)
-    print(run.summary(run.run(args.to_config(parser.parse_args(argv), TASK))))
-    return 0
+    return run.main(parser, argv, TASK)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import devices, samplers
 from ..errors import UserError
 from . import noise as noise_io
-from .args import InferConfig
+from .args import InferConfig, add_device_args, add_output_args, to_config
 from .pipelines import TASKS, accepts, denoiser, load_pipeline, prepare
 
 
@@ -343,3 +343,11 @@ def summary(record: dict[str, Any]) -> str:
         f"unet_steps_per_s={median['unet_steps_per_s']:.2f} peak_mem_gib={median['peak_mem_gib']:.3f} "
         f"out={record['params']['output_dir']}"
     )
+
+
+def main(parser, argv: list[str] | None, task: str) -> int:
+    """The shared tail of every test_infer/ script: add the device and output flags, parse, run, print the summary."""
+    add_device_args(parser)
+    add_output_args(parser)
+    print(summary(run(to_config(parser.parse_args(argv), task))))
+    return 0
