@@ -14,11 +14,14 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def resolve_model_path(name: str, flag: str = "--pretrained_model_name_or_path") -> str:
+def resolve_model_path(
+    name: str, flag: str = "--pretrained_model_name_or_path", marker: str = "model_index.json"
+) -> str:
     """Return a loadable path or hub id for ``name``; a one-line UserError when it cannot be loaded.
 
     ``tiny:sd15`` and friends build (once, cached) the seeded tiny model of that kind. A local path must be
-    a diffusers folder (``model_index.json``). A hub id is passed through unless the hub is offline.
+    a diffusers folder holding ``marker`` (a pipeline's ``model_index.json``, or ``config.json`` for a single
+    model such as a separate VAE). A hub id is passed through unless the hub is offline.
     """
     if name.startswith(TINY_PREFIX):
         from . import tiny
@@ -26,9 +29,9 @@ def resolve_model_path(name: str, flag: str = "--pretrained_model_name_or_path")
         return str(tiny.tiny_model_path(name[len(TINY_PREFIX) :]))
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "model_index.json").is_file():
+        if not (path / marker).is_file():
             raise UserError(
-                f"{flag} {name} is not a diffusers model directory (no model_index.json); pass a folder saved with save_pretrained"
+                f"{flag} {name} is not a diffusers model directory (no {marker}); pass a folder saved with save_pretrained"
             )
         return str(path)
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))

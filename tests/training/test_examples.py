@@ -105,3 +105,16 @@ def test_corrupt_image_names_the_image(tmp_path, capsys):
     ]
     code, err = run_main("train_text_to_image.py", argv, capsys)
     assert code == 2 and "cannot be decoded" in err, err[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_text_to_image.py", "train_text_to_image_sdxl.py"])
+def test_separate_vae_is_trained_with_and_saved(tmp_path, shapes, script):
+    from diffusers import AutoencoderKL
+
+    from diffusers_npu import tiny
+
+    other = tiny.save_tiny("sd15", tmp_path / "other", seed=1) / "vae"  # a VAE folder: config.json, no model_index
+    train(script, tmp_path / "out", shapes, "--pretrained_vae_model_name_or_path", str(other), steps=1)
+    saved, wanted = (AutoencoderKL.from_pretrained(p).state_dict() for p in (tmp_path / "out" / "vae", other))
+    assert all(torch.equal(saved[k], wanted[k]) for k in wanted)

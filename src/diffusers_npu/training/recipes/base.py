@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ... import attention
+from ...model_paths import resolve_model_path
 from ..config import TrainConfig
 
 # PEFT targets of diffusers' train_text_to_image_lora(.py|_sdxl.py): the attention projections.
@@ -39,6 +40,23 @@ class Recipe:
         self.ema = None
 
     # ---- setup -------------------------------------------------------------------------------------
+    def load_denoising_parts(self) -> str:
+        """Resolve the model path and load what every UNet recipe shares: VAE (or the separate
+        ``--pretrained_vae_model_name_or_path``), UNet and the DDPM training scheduler. Returns the path."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        cfg = self.cfg
+        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
+        vae_path = cfg.pretrained_vae_model_name_or_path
+        self.vae = (
+            AutoencoderKL.from_pretrained(resolve_model_path(vae_path, "--pretrained_vae_model_name_or_path", "config.json"), **common)
+            if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae", variant=cfg.variant, **common)
+        )  # fmt: skip
+        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=cfg.variant, **common)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
+        return path
+
     def prepare_models(self, device: torch.device, device_kind: str, weight_dtype: torch.dtype) -> None:
         """Freeze what is not trained, add LoRA, choose attention, move and cast. Called once by the loop."""
         cfg = self.cfg
@@ -158,7 +176,9 @@ class Recipe:
             return
         if self.ema is not None:
             self.ema.copy_to(unet.parameters())
-        pipe = self.pipeline_cls.from_pretrained(self.model_path, unet=unet, torch_dtype=torch.float32)
+        # A separate --pretrained_vae_model_name_or_path goes into the saved pipeline, as in diffusers' scripts.
+        vae = {"vae": self.vae.to(torch.float32)} if self.cfg.pretrained_vae_model_name_or_path else {}
+        pipe = self.pipeline_cls.from_pretrained(self.model_path, unet=unet, torch_dtype=torch.float32, **vae)
         pipe.save_pretrained(str(output_dir), safe_serialization=True)
 
     def validation_pipeline(self, unet: torch.nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ...model_paths import resolve_model_path
 from .base import Recipe
 
 
@@ -12,20 +11,17 @@ class SDRecipe(Recipe):
     """One CLIP text encoder; the UNet is called as ``unet(noisy, t, encoder_hidden_states)``."""
 
     def load_components(self) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from diffusers import StableDiffusionPipeline
         from transformers import CLIPTextModel, CLIPTokenizer
 
         cfg = self.cfg
         self.pipeline_cls = StableDiffusionPipeline
-        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        path = self.load_denoising_parts()
         common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
         self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **common)
         self.text_encoder = CLIPTextModel.from_pretrained(
             path, subfolder="text_encoder", variant=cfg.variant, **common
         )
-        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=cfg.variant, **common)
-        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=cfg.variant, **common)
-        self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
         self.text_encoders = [self.text_encoder]
 
     def text_components(self) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ...model_paths import resolve_model_path
 from .base import Recipe
 
 
@@ -12,12 +11,12 @@ class SDXLRecipe(Recipe):
     """The UNet takes ``added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}`` (Podell et al., 2023 §2.2)."""
 
     def load_components(self) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+        from diffusers import StableDiffusionXLPipeline
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         cfg = self.cfg
         self.pipeline_cls = StableDiffusionXLPipeline
-        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        path = self.load_denoising_parts()
         common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
         self.tokenizers = [
             CLIPTokenizer.from_pretrained(path, subfolder=f, **common) for f in ("tokenizer", "tokenizer_2")
@@ -28,13 +27,6 @@ class SDXLRecipe(Recipe):
                 path, subfolder="text_encoder_2", variant=cfg.variant, **common
             ),
         ]
-        vae_path = cfg.pretrained_vae_model_name_or_path
-        self.vae = (
-            AutoencoderKL.from_pretrained(resolve_model_path(vae_path, "--pretrained_vae_model_name_or_path"), **common)
-            if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae", variant=cfg.variant, **common)
-        )  # fmt: skip
-        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=cfg.variant, **common)
-        self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
 
     def vae_in_fp32(self) -> bool:
         # diffusers' SDXL scripts keep the stock VAE in fp32 (force_upcast); a separate fp16-fix VAE need not.
