@@ -14,26 +14,18 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from diffusers_npu import tiny
-from diffusers_npu.errors import MissingExtraError, UserError
+from diffusers_npu.errors import UserError
 
-CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]  # openai/clip-vit-large-patch14: "a photo of a cat"
-NEEDS_CLIP = {kind for kind in tiny.KINDS if kind != "ddpm"}
 SIZE = 64  # px for the SD family: a 32x32 latent, the UNet's sample_size
-
-
-def _skip_without_open_clip(err: MissingExtraError) -> None:
-    pytest.skip(f"open_clip vocabulary missing (pip install --no-deps open_clip_torch): {err}")
 
 
 @pytest.fixture(scope="session")
 def clip_tok():
-    try:
-        return tiny.clip_tokenizer()
-    except MissingExtraError as err:
-        _skip_without_open_clip(err)
+    return tiny.clip_tokenizer()
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +37,7 @@ def built():
         if (kind, seed) not in cache:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(987_654 + 31 * seed)  # unrelated global state: weights must not depend on it
-                try:
-                    cache[kind, seed] = tiny.build_pipeline(kind, seed=seed)
-                except MissingExtraError as err:
-                    _skip_without_open_clip(err)
+                cache[kind, seed] = tiny.build_pipeline(kind, seed=seed)
         return cache[kind, seed]
 
     return get
@@ -61,8 +50,6 @@ def saved(tmp_path_factory, built):
 
     def get(kind: str) -> tuple[Path, diffusers.DiffusionPipeline]:
         if kind not in cache:
-            if kind in NEEDS_CLIP:
-                built(kind)  # skips without the open_clip vocabulary
             out = tiny.save_tiny(kind, tmp_path_factory.mktemp("saved") / kind, seed=0)
             pipe = diffusers.DiffusionPipeline.from_pretrained(out)
             pipe.set_progress_bar_config(disable=True)
@@ -91,37 +78,52 @@ def _assert_same_weights(a: diffusers.DiffusionPipeline, b: diffusers.DiffusionP
 # ---- tokenizers ----------------------------------------------------------------------------------------------
 
 
-def test_clip_tokenizer_has_the_real_vocabulary_and_ids(clip_tok):
-    assert len(clip_tok) == 49408
-    assert (clip_tok.bos_token_id, clip_tok.eos_token_id, clip_tok.pad_token_id) == (49406, 49407, 49407)
-    assert clip_tok("a photo of a cat").input_ids == CAT_IDS
-    assert clip_tok("A Photo of a CAT").input_ids == CAT_IDS  # CLIP lowercases
-    assert clip_tok.decode(CAT_IDS, skip_special_tokens=True) == "a photo of a cat"
+def _ids(tok, text: str) -> list[int]:
+    """``text`` tokenized the way OpenAI CLIP's simple_tokenizer.py does, with ``tok``'s vocabulary: lower-cased,
+    split on spaces (the test texts have no punctuation), each word one whole ``</w>`` token or its characters."""
+    vocab = tok.get_vocab()
+    ids = [tok.bos_token_id]
+    for word in text.lower().split():
+        whole = vocab.get(word + "</w>")
+        ids += [whole] if whole is not None else [vocab[c] for c in word[:-1]] + [vocab[word[-1] + "</w>"]]
+    return ids + [tok.eos_token_id]
+
+
+def test_clip_tokenizer_layout_special_ids_and_whole_words(clip_tok):
+    vocab = clip_tok.get_vocab()
+    n = len(clip_tok)
+    assert 512 < n < 1000  # 256 bytes, 256 bytes + </w>, the word merges, 2 specials
+    assert (clip_tok.bos_token_id, clip_tok.eos_token_id, clip_tok.pad_token_id) == (n - 2, n - 1, n - 1)
+    assert vocab["a"] == 64 and vocab["a</w>"] == 256 + 64  # the byte table's order, as CLIP's
+    for word in tiny._CLIP_WORDS:
+        assert len(clip_tok(word).input_ids) == 3, word  # start, the word, end
+    text = "a photo of sks dog in a bucket"
+    assert clip_tok(text).input_ids == _ids(clip_tok, text)
+    assert clip_tok("A Photo of a CAT").input_ids == _ids(clip_tok, "a photo of a cat")  # CLIP lowercases
+    assert clip_tok("a zebra").input_ids == _ids(clip_tok, "a zebra")  # unknown word: characters
+    for odd in ("a photo of a cat, 42!", "héllo wörld 猫"):  # any text round-trips through the byte alphabet
+        decoded = clip_tok.decode(clip_tok(odd).input_ids, skip_special_tokens=True)
+        assert decoded.replace(" ", "") == odd.replace(" ", "")
+
+
+def test_clip_tokenizer_fast_and_slow_agree(clip_tok, tmp_path):
+    clip_tok.save_pretrained(tmp_path)
+    fast = transformers.CLIPTokenizerFast.from_pretrained(tmp_path)
+    for text in ("a red circle on a white background", "a zebra, 42!", "héllo wörld 猫"):
+        assert fast(text).input_ids == clip_tok(text).input_ids, text
 
 
 def test_clip_tokenizer_pads_and_truncates_to_model_max_length(clip_tok):
+    cat_ids = _ids(clip_tok, "a photo of a cat")
     assert clip_tok.model_max_length == 77
     enc = clip_tok("a photo of a cat", padding="max_length", max_length=clip_tok.model_max_length)
     assert len(enc.input_ids) == 77
-    assert enc.input_ids[:7] == CAT_IDS
+    assert enc.input_ids[:7] == cat_ids
     assert enc.input_ids[7:] == [clip_tok.pad_token_id] * 70
     assert sum(enc.attention_mask) == 7
     long = clip_tok(" ".join(["cat"] * 200), truncation=True, max_length=77).input_ids
-    assert len(long) == 77 and long[0] == 49406 and long[-1] == 49407
+    assert len(long) == 77 and long[0] == clip_tok.bos_token_id and long[-1] == clip_tok.eos_token_id
     assert tiny.clip_tokenizer(model_max_length=16).model_max_length == 16
-
-
-def test_clip_tokenizer_without_open_clip_is_a_missing_extra(monkeypatch):
-    real_find_spec = tiny.importlib.util.find_spec
-    monkeypatch.setattr(
-        tiny.importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real_find_spec(name, *a)
-    )
-    tiny._clip_bpe.cache_clear()
-    try:
-        with pytest.raises(MissingExtraError, match="open_clip_torch"):
-            tiny.clip_tokenizer()
-    finally:
-        tiny._clip_bpe.cache_clear()  # let later calls find the real vocabulary again
 
 
 def test_t5_tokenizer_special_ids_and_eos():
@@ -243,10 +245,10 @@ def test_sd15_and_sd21_schedulers(saved):
 
 def test_sd15_text_encoder_vocab_matches_tokenizer(saved):
     pipe = saved("sd15")[1]
-    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer) == 49408
+    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer) == len(tiny.clip_tokenizer())
     assert pipe.text_encoder.config.max_position_embeddings == pipe.tokenizer.model_max_length == 77
     assert pipe.text_encoder.config.eos_token_id == pipe.tokenizer.eos_token_id
-    assert pipe.tokenizer("a photo of a cat").input_ids == CAT_IDS  # the reloaded tokenizer too
+    assert pipe.tokenizer("a photo of a cat").input_ids == _ids(pipe.tokenizer, "a photo of a cat")  # reloaded too
 
 
 def test_sdxl_cross_attention_is_both_text_encoders(saved, built):

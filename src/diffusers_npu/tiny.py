@@ -7,8 +7,8 @@ A saved tiny pipeline is an ordinary ``save_pretrained`` directory, so any scrip
 - UNet: ``block_out_channels=(32, 64)``, ``layers_per_block=1``, 32 norm groups, ``sample_size=32``; attention
   in the 64-channel level and the mid block only, 4 heads of 16 (the attention kernel tests need several heads).
 - VAE: 2 blocks ``(32, 64)``, so ``vae_scale_factor=2``: a 64x64 px image is a 32x32 latent.
-- CLIP text encoder: 2 layers, hidden 32, 4 heads, the real 49,408-token vocabulary (6.3 MB of fp32 embeddings,
-  the largest part of each pipeline). SDXL concatenates two of them: ``cross_attention_dim=64``.
+- CLIP text encoder: 2 layers, hidden 32, 4 heads, a small CLIP-style BPE vocabulary built in code (``clip_tokenizer``).
+  SDXL concatenates two of them: ``cross_attention_dim=64``.
 - FLUX: 1 double + 1 single block, 2 heads of 16, VAE with 16 latent channels; T5 encoder 2 layers, d_model 32.
 - DDPM: pixel-space ``UNet2DModel`` (32, 64), 32x32 px.
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
-import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -39,13 +37,12 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from diffusers_npu.errors import MissingExtraError, UserError, cli_entry
+from diffusers_npu.errors import UserError, cli_entry
 
 # Bump when any size or config below changes: cached models live under tiny/<kind>-<CACHE_VERSION>.
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 # Written last into every saved tiny model: it marks a complete directory that save_tiny may replace.
 MARKER = "diffusers_npu_tiny.json"
-OPEN_CLIP_HINT = "the offline CLIP vocabulary comes from open_clip_torch: pip install --no-deps open_clip_torch"
 M = TypeVar("M")
 
 # One seed per component slot, so changing one component's config never shifts another's weights, and SDXL's
@@ -62,26 +59,41 @@ def _seeded(seed: int, slot: str, make: Callable[[], M]) -> M:
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable character table, in open_clip's (and OpenAI's) order."""
+    """GPT-2/CLIP byte -> printable character table, in OpenAI CLIP's order (openai/CLIP clip/simple_tokenizer.py)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     # The 68 whitespace/control bytes move to 256.., where the BPE code does not choke on them.
     rest = [b for b in range(256) if b not in printable]
     return dict(zip(printable + rest, map(chr, printable + list(range(256, 256 + len(rest))))))
 
 
+# Whole-word tokens of the tiny CLIP vocabulary: the words of the package's own prompts (quickstart shapes,
+# DreamBooth's "sks", test captions), so they give short sequences. Any other text still tokenizes: the byte
+# alphabet is complete, as in every byte-level BPE (Radford et al. 2019, "Language Models are Unsupervised
+# Multitask Learners", section 2.2).
+_CLIP_WORDS = (
+    "a an the of in on with and photo picture painting cat dog man woman car tree house sky bucket sks shape "
+    "red blue yellow green white black circle square triangle background"
+).split()
+
+
+def _word_merges(word: str) -> list[str]:
+    """BPE merges that join ``word`` left to right into one end-of-word token: ``r e``, ``re d</w>``."""
+    merges, head = [], word[0]
+    for i, char in enumerate(word[1:], start=2):
+        tail = char + ("</w>" if i == len(word) else "")
+        merges.append(f"{head} {tail}")
+        head += tail
+    return merges
+
+
 @functools.lru_cache(maxsize=1)
 def _clip_bpe() -> tuple[dict[str, int], tuple[str, ...]]:
-    """(vocab, merges) exactly as open_clip's ``SimpleTokenizer`` builds them, with OpenAI's special tokens.
-
-    open_clip is located, never imported: importing it pulls in timm and torchvision.
-    """
-    spec = importlib.util.find_spec("open_clip")
-    paths = [Path(p) / "bpe_simple_vocab_16e6.txt.gz" for p in (spec and spec.submodule_search_locations) or ()]
-    bpe = next((p for p in paths if p.is_file()), None)
-    if bpe is None:
-        raise MissingExtraError(OPEN_CLIP_HINT)
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-    merges = tuple(lines[1 : 49152 - 256 - 2 + 1])  # line 0 is a "#version" header
+    """(vocab, merges) in the layout of OpenAI CLIP's ``bpe_simple_vocab_16e6`` (openai/CLIP
+    clip/simple_tokenizer.py): the 256 byte characters, the same with ``</w>``, one token per merge, then
+    ``<|startoftext|>`` and ``<|endoftext|>`` last. Built in code, so nothing is downloaded or shipped."""
+    # Longest words first: their merges rank first, so a shorter word's merge ("a n</w>") cannot split them.
+    words = sorted(_CLIP_WORDS, key=len, reverse=True)
+    merges = tuple(dict.fromkeys(m for word in words for m in _word_merges(word)))
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -89,10 +101,9 @@ def _clip_bpe() -> tuple[dict[str, int], tuple[str, ...]]:
 
 
 def clip_tokenizer(model_max_length: int = 77) -> transformers.CLIPTokenizer:
-    """The real 49,408-token CLIP BPE tokenizer (the ids of openai/clip-vit-large-patch14), built offline.
-
-    Raises ``MissingExtraError`` when open_clip_torch, which ships the vocabulary file, is not installed.
-    """
+    """A small CLIP BPE tokenizer (about 700 tokens) with CLIP's text rules (lower-casing, CLIP's
+    pre-tokenizer, ``</w>`` word ends, start/end tokens, end token as padding). Not CLIP's 49,408-token
+    vocabulary: real models bring their own tokenizer; the tiny ones need only a consistent one."""
     vocab, merges = _clip_bpe()
     with tempfile.TemporaryDirectory() as tmp:
         # Loading from files, not in-memory dicts, works on every transformers version we support.
@@ -358,7 +369,7 @@ def cache_dir() -> Path:
 
 
 def tiny_model_path(kind: str) -> Path:
-    """The offline default model of ``kind`` (seed 0): ``<cache_dir()>/tiny/<kind>-v1``, built on first use.
+    """The offline default model of ``kind`` (seed 0): ``<cache_dir()>/tiny/<kind>-<CACHE_VERSION>``, built on first use.
 
     Safe when processes race: each builds in its own temporary directory and the first rename wins.
     """
