@@ -5,3 +5,7 @@ imports torch_npu; ``diffusers_npu.devices`` does so lazily, guarded, and only w
 """
 
 __version__ = "0.1.0"
+
+from .logs import install_import_filters as _install_import_filters
+
+_install_import_filters()

@@ -16,6 +16,8 @@ from .errors import cli_entry
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("diffusers_npu.convert:add_arguments",
                 "convert weights: MindSpore .ckpt, MindONE LoRA, SDXL diffusers folder <-> single file"),
+    "env": ("diffusers_npu.environment:add_arguments",
+            "what a bug report needs: versions, torch/torch_npu builds, CANN, devices, kernels; known-bad combos"),
     "compare": ("diffusers_npu.compare:add_arguments",
                 "compare two images or two folders of images: MAE, max error, PSNR, SSIM"),
 }  # fmt: skip

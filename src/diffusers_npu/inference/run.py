@@ -25,7 +25,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .. import devices, samplers
+from ..environment import check_environment
 from ..errors import UserError
+from ..logs import setup_logging
 from . import noise as noise_io
 from .args import InferConfig, add_device_args, add_output_args, to_config
 from .pipelines import TASKS, accepts, denoiser, load_pipeline, prepare
@@ -296,6 +298,8 @@ def _scheduler_record(pipe) -> dict[str, Any]:
 
 def run(cfg: InferConfig) -> dict[str, Any]:
     """Run ``cfg``; write the PNGs, ``<task>.json`` and (with --dump_latents) the .npy files; return the record."""
+    check_environment()
+    setup_logging()
     device = devices.get_device(cfg.device)
     dtype = device.check_dtype(devices.parse_dtype(cfg.dtype))
     prompts, images = read_prompts(cfg), read_images(cfg)

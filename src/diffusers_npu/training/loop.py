@@ -20,7 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import checkpoint, devices, optim
+from ..environment import check_environment
 from ..errors import UserError
+from ..logs import setup_logging
 from . import data
 from .config import TrainConfig
 
@@ -261,7 +263,8 @@ def _epochs(run: Run):
 
 def run(recipe, cfg: TrainConfig) -> RunStats:
     """Train ``recipe`` as ``cfg`` says; save its weights; print and return the run's measurements."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    check_environment()
+    setup_logging()
     start = time.perf_counter()
     r = _setup(recipe, cfg)
     acc = r.accelerator

@@ -25,6 +25,14 @@ def lora_config(rank: int, alpha: int | None, targets: tuple[str, ...] = UNET_LO
     return LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
 
 
+def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move ``module`` to ``device`` and cast it to ``dtype`` only if it is not in it already: diffusers models warn
+    on every ``.to(dtype)`` about modules to keep in fp32 (diffusers/models/modeling_utils.py ``to``)."""
+    module.to(device)
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
 class Recipe:
     """Hooks for the shared loop. Subclasses set ``pipeline_cls`` and implement ``load_components``,
     ``encode_text`` and ``predict``; ``lora`` selects LoRA (peft) instead of a full fine-tune."""
@@ -62,14 +70,14 @@ class Recipe:
         cfg = self.cfg
         self.device, self.weight_dtype = device, weight_dtype
         for module in self.frozen_modules():
-            module.requires_grad_(False).to(device, dtype=weight_dtype).eval()
+            _move(module.requires_grad_(False).eval(), device, weight_dtype)
         if self.vae_in_fp32():
-            self.vae.to(dtype=torch.float32)
+            _move(self.vae, device, torch.float32)
         if cfg.prediction_type:
             self.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
         self.unet.requires_grad_(not self.lora)
         if self.lora:
-            self.unet.to(device, dtype=weight_dtype)
+            _move(self.unet, device, weight_dtype)
             self.unet.add_adapter(lora_config(cfg.rank, cfg.lora_alpha))
             for p in self.unet.parameters():  # LoRA weights train in fp32 over a frozen reduced-precision base
                 if p.requires_grad:
@@ -178,11 +186,11 @@ class Recipe:
             self.ema.copy_to(unet.parameters())
         # A separate --pretrained_vae_model_name_or_path goes into the saved pipeline, as in diffusers' scripts.
         vae = {"vae": self.vae.to(torch.float32)} if self.cfg.pretrained_vae_model_name_or_path else {}
-        pipe = self.pipeline_cls.from_pretrained(self.model_path, unet=unet, torch_dtype=torch.float32, **vae)
+        pipe = self.pipeline_cls.from_pretrained(self.model_path, unet=unet, dtype=torch.float32, **vae)
         pipe.save_pretrained(str(output_dir), safe_serialization=True)
 
     def validation_pipeline(self, unet: torch.nn.Module):
         """A pipeline over the live modules, for validation images during training."""
         return self.pipeline_cls.from_pretrained(
-            self.model_path, unet=unet, vae=self.vae, **self.text_components(), torch_dtype=self.weight_dtype
+            self.model_path, unet=unet, vae=self.vae, **self.text_components(), dtype=self.weight_dtype
         )

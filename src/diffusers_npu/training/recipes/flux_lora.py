@@ -147,9 +147,9 @@ class FluxLoRARecipe(Recipe):
         self.text_encoder_2 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", **weights)
         # The diffusers models load straight in the frozen precision: the fp32 FLUX.1 transformer is 48 GB.
         dtype = devices.parse_dtype(cfg.mixed_precision)
-        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **weights)
+        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **weights)
         self.transformer = FluxTransformer2DModel.from_pretrained(
-            path, subfolder="transformer", torch_dtype=dtype, **weights
+            path, subfolder="transformer", dtype=dtype, **weights
         )
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", **common)
         self.text_encoders = [self.text_encoder, self.text_encoder_2]
