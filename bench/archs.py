@@ -80,12 +80,11 @@ def build_models(arch: str, seed: int) -> Models:
     return Models(unet, diffusers.AutoencoderKL(**vae), tes, sched, sdxl=arch == "sdxl")
 
 
-def make_inputs(batch: int, resolution: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random images ``(B, 3, H, W)`` in [-1, 1] and CLIP token ids ``(B, 77)`` (BOS ... EOS), on CPU."""
+def make_inputs(batch: int, resolution: int, seed: int, text_config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random images ``(B, 3, H, W)`` in [-1, 1] and token ids ``(B, S)`` (BOS ... EOS) drawn from
+    ``text_config``'s vocabulary (a CLIPTextConfig: the tiny models' is not CLIP's 49,408 tokens), on CPU."""
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1
-    ids = torch.randint(
-        0, CLIP_TOKENS["vocab_size"] - 2, (batch, CLIP_TOKENS["max_position_embeddings"]), generator=gen
-    )
-    ids[:, 0], ids[:, -1] = CLIP_TOKENS["bos_token_id"], CLIP_TOKENS["eos_token_id"]
+    ids = torch.randint(0, text_config.vocab_size - 2, (batch, text_config.max_position_embeddings), generator=gen)
+    ids[:, 0], ids[:, -1] = text_config.bos_token_id, text_config.eos_token_id
     return pixels, ids

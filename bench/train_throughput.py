@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = resolve(args, device.kind, dtype)
     attention.check_kernel(args.attention, device.kind, dtype)
     pristine = build_models(args.arch, args.seed)
-    pixels, ids = (t.to(device.torch_device) for t in make_inputs(args.batch_size, args.resolution, args.seed))
+    pixels, ids = (
+        t.to(device.torch_device)
+        for t in make_inputs(args.batch_size, args.resolution, args.seed, pristine.text_encoders[0].config)
+    )
     checked = check(pristine, args, pixels, ids) if args.check else None
     results = [measure(name, pristine, args, dtype, pixels, ids) for name in variants]
     print(f"{'variant':<14}{'img/s':>10}{'step_time_s':>14}{'peak_mem_gib':>14}")
