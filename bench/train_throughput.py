@@ -29,7 +29,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from diffusers_npu import attention, devices, optim
 from diffusers_npu.errors import UserError, cli_entry
-from diffusers_npu.training.recipes.base import lora_config
+from diffusers_npu.training.recipes.common import lora_config
 
 VARIANTS = ("peer", "ours", "ours-compile")
 CHECK_RTOL = 1e-3  # fp32, same attention: the two harnesses differ only in summation order (fused vs foreach)
@@ -186,8 +186,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
-    p.add_argument("--attention", choices=list(attention.KERNELS), help="ours: npu_fa on npu in fp16/bf16, else sdpa")
-    p.add_argument("--optimizer", choices=list(optim.OPTIMIZERS), help="ours: adamw_fused where it runs, else adamw")
+    p.add_argument(
+        "--attention", choices=list(attention.KERNELS), help="ours: the device default (devices.settings_for)"
+    )
+    p.add_argument(
+        "--optimizer", choices=list(optim.OPTIMIZERS), help="ours: the device default (devices.settings_for)"
+    )
     p.add_argument("--cache_latents", action="store_true", help="ours: encode once, then UNet-only steps")
     p.add_argument("--lora_rank", type=int, default=0, help="0: full fine-tune; else LoRA rank (both variants)")
     p.add_argument("--learning_rate", type=float, default=1e-4)
@@ -207,9 +211,9 @@ def resolve(args: argparse.Namespace, kind: str, dtype: torch.dtype) -> list[str
         raise UserError(f"unknown --variants {','.join(bad)!r}; use a comma list of {', '.join(VARIANTS)}")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.resolution % 8:
         raise UserError("--steps >= 1, --warmup >= 0, --batch_size >= 1 and --resolution a multiple of 8, please")
-    half = dtype in (torch.float16, torch.bfloat16)  # npu_fa computes in fp16/bf16 only
-    args.attention = args.attention or ("npu_fa" if kind == "npu" and half else "sdpa")
-    args.optimizer = args.optimizer or ("adamw_fused" if kind in optim.OPTIMIZERS["adamw_fused"].devices else "adamw")
+    defaults = devices.settings_for(kind, args.mixed_precision)  # the device defaults, asked in one place
+    args.attention = args.attention or defaults.attention
+    args.optimizer = args.optimizer or defaults.optimizer
     return list(dict.fromkeys(variants))
 
 

@@ -46,18 +46,17 @@ export TASK_QUEUE_ENABLE="${TASK_QUEUE_ENABLE:-1}" HCCL_CONNECT_TIMEOUT="${HCCL_
 export HCCL_WHITELIST_DISABLE="${HCCL_WHITELIST_DISABLE:-1}" ASCEND_DEVICE_ID="${ASCEND_DEVICE_ID:-0}"
 
 resolve_settings() {
-  read -r DEVICE_KIND DEVICE_COUNT < <("$PYTHON" -m diffusers_npu.devices)
   if (( TINY )); then  # tiny defaults, unless given explicitly
     BATCH_SIZE=2 MAX_TRAIN_STEPS=4 RESOLUTION=32 WORKERS=0
   fi
   BATCH_SIZE="${USER[batch_size]:-$BATCH_SIZE}" MAX_TRAIN_STEPS="${USER[max_train_steps]:-$MAX_TRAIN_STEPS}"
   MIXED_PRECISION="${USER[mixed_precision]:-$MIXED_PRECISION}" RESOLUTION="${USER[resolution]:-$RESOLUTION}"
+  # The device's defaults and what it cannot run (replaced, with a note on stderr) come from diffusers_npu.devices.
+  # A launcher without ATTENTION keeps the reference's stock attention (sdpa); the *_fa launchers ask for npu_fa.
+  read -r DEVICE_KIND DEVICE_COUNT ATTENTION OPTIMIZER MIXED_PRECISION < <("$PYTHON" -m diffusers_npu.devices \
+    --mixed_precision "$MIXED_PRECISION" --attention "${ATTENTION:-sdpa}" ${OPTIMIZER:+--optimizer "$OPTIMIZER"})
   NPROC="${USER_NPROC:-$(( NPROC < DEVICE_COUNT ? NPROC : DEVICE_COUNT ))}"
-  OPTIMIZER="${OPTIMIZER:-$([[ $DEVICE_KIND == npu ]] && echo npu_fused_adamw || echo adamw)}"
-  ATTENTION="${ATTENTION:-sdpa}" WORKERS="${WORKERS:-8}"
-  # What this device cannot run is replaced, and said so: never silently.
-  if [[ $DEVICE_KIND != npu && $ATTENTION == npu_fa ]]; then note "$DEVICE_KIND has no NPU flash attention: --attention sdpa"; ATTENTION=sdpa; fi
-  if [[ $DEVICE_KIND == cpu && $MIXED_PRECISION == fp16 ]]; then note "cpu cannot train in fp16: --mixed_precision no"; MIXED_PRECISION=no; fi
+  WORKERS="${WORKERS:-8}"
   CASE_NAME="${NETWORK}_bs${BATCH_SIZE}_${NPROC}p_$([[ $CASE_FILE == train_performance_* ]] && echo perf || echo acc)"
   OUTPUT_DIR="${USER_OUT:-$ROOT/test/output/$CASE_NAME}"
   mkdir -p "$OUTPUT_DIR"

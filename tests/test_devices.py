@@ -129,3 +129,37 @@ def test_memory_and_sync_are_safe_on_cpu():
     a = torch.randn(3)
     cpu.manual_seed(3)
     assert torch.equal(a, torch.randn(3))
+
+
+def test_settings_for_gives_each_kind_its_defaults():
+    assert devices.settings_for("npu", "fp16") == devices.Settings("npu_fa", "npu_fused_adamw", "fp16")
+    assert devices.settings_for("npu", "no").attention == "sdpa"  # npu_fa computes in fp16/bf16 only
+    assert devices.settings_for("cuda", "bf16") == devices.Settings("sdpa", "adamw_fused", "bf16")
+    assert devices.settings_for("cpu") == devices.Settings("sdpa", "adamw", "no")
+    assert devices.settings_for("cpu", "no", "math_fp32", "adamw_fused") == devices.Settings(
+        "math_fp32", "adamw_fused", "no"
+    )
+
+
+def test_settings_for_replaces_what_the_kind_cannot_run_and_says_so():
+    got = devices.settings_for("cpu", "fp16", "npu_fa", "npu_fused_adamw")
+    assert (got.attention, got.optimizer, got.mixed_precision) == ("sdpa", "adamw", "no")
+    assert got.notes == (
+        "cpu cannot train in fp16: --mixed_precision no",
+        "cpu cannot run --attention npu_fa in no: --attention sdpa",
+        "cpu cannot run --optimizer npu_fused_adamw: --optimizer adamw",
+    )
+    assert devices.settings_for("npu", "no", "npu_fa").notes == (
+        "npu cannot run --attention npu_fa in no: --attention sdpa",
+    )
+
+
+def test_devices_cli_prints_the_line_the_launchers_read():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "diffusers_npu.devices", "--mixed_precision", "fp16", "--attention",
+                           "npu_fa"], capture_output=True, text=True, env={**__import__("os").environ, devices.DEVICE_ENV: "cpu"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu", "1", "sdpa", "adamw", "no"]
+    assert "note: cpu cannot train in fp16" in proc.stderr

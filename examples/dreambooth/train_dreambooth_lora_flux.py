@@ -15,11 +15,7 @@ from diffusers_npu.training.recipes.flux_lora import FluxLoRARecipe
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = args.build_parser(__doc__, default_model="tiny:flux", lora=True, text_encoder_lora=True)
-    args.add_dreambooth_args(parser)
-    args.add_flux_args(parser)
-    parser.set_defaults(mixed_precision="bf16")  # the reference's precision plan (seed 004)
-    cfg = args.parse(parser, argv)
+    cfg = args.parse_recipe_args(FluxLoRARecipe, __doc__, "tiny:flux", argv)
     loop.run(FluxLoRARecipe(cfg), cfg)
 
 

@@ -12,8 +12,8 @@ from diffusers_npu.training.recipes.sd import SDRecipe
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    cfg = args.parse(args.build_parser(__doc__, default_model="tiny:sd15"), argv)
-    loop.run(SDRecipe(cfg, lora=False), cfg)
+    cfg = args.parse_recipe_args(SDRecipe, __doc__, "tiny:sd15", argv)
+    loop.run(SDRecipe(cfg), cfg)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ pytorch_lora_weights.safetensors that stock diffusers ``pipe.load_lora_weights(o
 
 from diffusers_npu.errors import cli_entry
 from diffusers_npu.training import args, loop
-from diffusers_npu.training.recipes.sd import SDRecipe
+from diffusers_npu.training.recipes.sd import SDLoRARecipe
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    cfg = args.parse(args.build_parser(__doc__, default_model="tiny:sd15", lora=True), argv)
-    loop.run(SDRecipe(cfg, lora=True), cfg)
+    cfg = args.parse_recipe_args(SDLoRARecipe, __doc__, "tiny:sd15", argv)
+    loop.run(SDLoRARecipe(cfg), cfg)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ pytorch_lora_weights.safetensors for stock ``StableDiffusionXLPipeline.load_lora
 
 from diffusers_npu.errors import cli_entry
 from diffusers_npu.training import args, loop
-from diffusers_npu.training.recipes.sdxl import SDXLRecipe
+from diffusers_npu.training.recipes.sdxl import SDXLLoRARecipe
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    cfg = args.parse(args.build_parser(__doc__, default_model="tiny:sdxl", lora=True), argv)
-    loop.run(SDXLRecipe(cfg, lora=True), cfg)
+    cfg = args.parse_recipe_args(SDXLLoRARecipe, __doc__, "tiny:sdxl", argv)
+    loop.run(SDXLLoRARecipe(cfg), cfg)
 
 
 if __name__ == "__main__":

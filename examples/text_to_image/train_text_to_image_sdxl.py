@@ -11,8 +11,8 @@ from diffusers_npu.training.recipes.sdxl import SDXLRecipe
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    cfg = args.parse(args.build_parser(__doc__, default_model="tiny:sdxl"), argv)
-    loop.run(SDXLRecipe(cfg, lora=False), cfg)
+    cfg = args.parse_recipe_args(SDXLRecipe, __doc__, "tiny:sdxl", argv)
+    loop.run(SDXLRecipe(cfg), cfg)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,71 @@ def build_accelerator(
     return accelerator
 
 
+# The optimizer each kind runs fastest: the ModelZoo NPU launchers' fused AdamW, torch's fused AdamW on CUDA.
+_DEFAULT_OPTIMIZER = {"npu": "npu_fused_adamw", "cuda": "adamw_fused", "cpu": "adamw"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run on one device kind uses, and a ``note`` per requested setting it could not honour."""
+
+    attention: str
+    optimizer: str
+    mixed_precision: str
+    notes: tuple[str, ...] = ()
+
+
+def settings_for(
+    kind: str, mixed_precision: str = "no", attention: str | None = None, optimizer: str | None = None
+) -> Settings:
+    """The device defaults, in one place: the launchers (``python -m diffusers_npu.devices``) and bench/ ask here.
+
+    Unset, ``attention`` is ``npu_fa`` on an NPU in fp16/bf16 and ``sdpa`` elsewhere, and ``optimizer`` the kind's
+    fused AdamW. A requested setting the kind cannot run (fp16 on CPU, ``npu_fa`` off an NPU, an optimizer built
+    for another device) is replaced by the default and said in ``notes``: never silently.
+    """
+    from . import attention as kernels
+    from . import optim
+
+    notes = []
+    if DTYPES.get(mixed_precision, torch.float32) not in {torch.float32, *_REDUCED_DTYPES[kind]}:
+        notes.append(f"{kind} cannot train in {mixed_precision}: --mixed_precision no")
+        mixed_precision = "no"
+    dtype = DTYPES[mixed_precision]
+    default_attention = "npu_fa" if kind == "npu" and dtype != torch.float32 else "sdpa"
+    spec = kernels.KERNELS.get(attention) if attention else None
+    if attention and (spec is None or kind not in spec.devices or dtype not in spec.dtypes):
+        notes.append(
+            f"{kind} cannot run --attention {attention} in {mixed_precision}: --attention {default_attention}"
+        )
+        attention = None
+    spec = optim.OPTIMIZERS.get(optimizer) if optimizer else None
+    if optimizer and (spec is None or kind not in spec.devices):
+        notes.append(f"{kind} cannot run --optimizer {optimizer}: --optimizer {_DEFAULT_OPTIMIZER[kind]}")
+        optimizer = None
+    return Settings(
+        attention or default_attention, optimizer or _DEFAULT_OPTIMIZER[kind], mixed_precision, tuple(notes)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diffusers_npu.devices [--mixed_precision M] [--attention A] [--optimizer O]``: one line,
+    ``<kind> <count> <attention> <optimizer> <mixed_precision>`` (read by test/_common.sh); notes on stderr."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m diffusers_npu.devices", description=main.__doc__)
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--attention", default=None)
+    parser.add_argument("--optimizer", default=None)
+    args = parser.parse_args(argv)
+    kind = detect_kind()
+    chosen = settings_for(kind, args.mixed_precision, args.attention, args.optimizer)
+    for note in chosen.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(kind, device_count(kind), chosen.attention, chosen.optimizer, chosen.mixed_precision)
+    return 0
+
+
 if __name__ == "__main__":
-    # ``python -m diffusers_npu.devices``: "<kind> <count>", read by test/_common.sh.
-    _kind = detect_kind()
-    print(_kind, device_count(_kind))
+    raise SystemExit(main())

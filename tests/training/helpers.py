@@ -16,9 +16,16 @@ SUMMARY = re.compile(
 
 
 def train(script: str, out: Path, data: Path, *extra: str, check: bool = True, env: dict | None = None,
-          steps: int = 2) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run ``examples/text_to_image/<script>`` on tiny settings; ``extra`` flags come last and win."""
-    cmd = [sys.executable, str(EXAMPLES / script), "--train_data_dir", str(data), "--output_dir", str(out),
+          steps: int = 2, kill_after_checkpoint: int | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run ``examples/text_to_image/<script>`` on tiny settings; ``extra`` flags come last and win.
+
+    ``kill_after_checkpoint=N``: SIGKILL the run right after its checkpoint of step N (kill_after_checkpoint.py)."""
+    fault = (
+        []
+        if kill_after_checkpoint is None
+        else [str(Path(__file__).with_name("kill_after_checkpoint.py")), str(kill_after_checkpoint)]
+    )
+    cmd = [sys.executable, *fault, str(EXAMPLES / script), "--train_data_dir", str(data), "--output_dir", str(out),
            "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", str(steps), "--learning_rate", "1e-3",
            "--checkpointing_steps", "1000", *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})

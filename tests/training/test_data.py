@@ -118,18 +118,13 @@ def test_flipped_crop_coordinates_locate_the_crop_in_the_mirrored_image(tmp_path
 
 
 def test_random_flip_moves_sdxl_crop_coordinates_to_the_mirrored_frame():
-    from types import SimpleNamespace
+    from diffusers_npu.training.recipes.common import pixels
 
-    from diffusers_npu.training.recipes.base import Recipe
-
-    recipe = object.__new__(Recipe)
-    recipe.device, recipe.vae = torch.device("cpu"), SimpleNamespace(dtype=torch.float32)
-    recipe.cfg = SimpleNamespace(random_flip=True)
     batch = {"pixel_values": torch.arange(8.0).reshape(8, 1, 1, 1).expand(8, 3, 2, 2).clone(),
              "crop_top_lefts": torch.zeros(8, 2, dtype=torch.long), "flipped_crop_top_lefts": torch.ones(8, 2, dtype=torch.long)}  # fmt: skip
     batch["pixel_values"][:, :, :, 1] += 100  # right column differs: a flip is visible
     torch.manual_seed(0)
-    pixels = recipe.pixels(batch)
-    flipped = pixels[:, 0, 0, 0] >= 100
+    out = pixels(batch, torch.device("cpu"), torch.float32, random_flip=True)
+    flipped = out[:, 0, 0, 0] >= 100
     assert 0 < flipped.sum() < 8
     assert torch.equal(batch["crop_top_lefts"][:, 0] == 1, flipped)

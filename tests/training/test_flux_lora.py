@@ -98,18 +98,18 @@ def test_fp32_plan_and_exact_reload(tmp_path, shapes, monkeypatch):
 
     run, seen = loop.run, {}
 
-    def keep_recipe(recipe, cfg):
+    def keep_recipe(recipe, cfg, callbacks=None):
         seen["recipe"] = recipe
-        return run(recipe, cfg)
+        return run(recipe, cfg, callbacks)
 
     monkeypatch.setattr(loop, "run", keep_recipe)  # the example CLI, with its trained recipe kept in reach
     main = runpy.run_path(str(SCRIPT), run_name="example")["main"]
     main([*common_flags(shapes, tmp_path / "out"), "--mixed_precision", "no", "--cache_text_embeddings",
           "--weighting_scheme", "logit_normal", "--rank", "2"])  # fmt: skip
     recipe = seen["recipe"]
-    assert {p.dtype for p in recipe.unet.parameters()} == {torch.float32}
+    assert {p.dtype for p in recipe.trainable_model().parameters()} == {torch.float32}
     initial = FluxPipeline.from_pretrained(tiny_path("flux")).transformer.state_dict()
-    trained = {k.replace(".base_layer.", "."): v for k, v in recipe.unet.transformer.state_dict().items()}
+    trained = {k.replace(".base_layer.", "."): v for k, v in recipe.trainable_model().transformer.state_dict().items()}
     frozen = {k: v for k, v in trained.items() if ".lora_" not in k}
     assert frozen.keys() == initial.keys()
     assert all(torch.equal(v, initial[k]) for k, v in frozen.items()), "a frozen transformer weight changed"
@@ -117,7 +117,9 @@ def test_fp32_plan_and_exact_reload(tmp_path, shapes, monkeypatch):
     assert len(recipe._text_cache) == 1  # one distinct prompt, encoded once
 
     call = dict(prompt=PROMPT, output_type="latent", num_inference_steps=2, height=32, width=32)
-    live = recipe.validation_pipeline(recipe.unet)(**call, generator=torch.Generator().manual_seed(0)).images
+    live = recipe.validation_pipeline(recipe.trainable_model())(
+        **call, generator=torch.Generator().manual_seed(0)
+    ).images
     pipe = FluxPipeline.from_pretrained(tiny_path("flux"))
     pipe.load_lora_weights(tmp_path / "out")
     stock = pipe(**call, generator=torch.Generator().manual_seed(0)).images
@@ -149,7 +151,7 @@ BAD_INPUTS = {
     "unknown target module": (["--lora_layers", "to_q,to_x"], "--lora_layers: FluxTransformer2DModel has no module 'to_x'"),
     "prior without class prompt": (["--with_prior_preservation"], "--with_prior_preservation needs --class_data_dir"),
     "cache with text-encoder LoRA": (["--cache_text_embeddings", "--train_text_encoder"], "--cache_text_embeddings cannot"),
-    "flag that does not apply": (["--snr_gamma", "5"], "--snr_gamma does not apply"),
+    "SD-only flag": (["--snr_gamma", "5"], "unrecognized arguments: --snr_gamma 5; see --help"),
     "hub dataset instead of a folder": (["--dataset_name", "lambdalabs/pokemon-blip-captions"], "not --dataset_name"),
 }  # fmt: skip
 

@@ -15,8 +15,8 @@ def test_cache_latents_runs_the_encoders_once(tmp_path, shapes):
 
     argv = ["--train_data_dir", str(shapes), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
             "--train_batch_size", "4", "--num_train_epochs", "3", "--cache_latents", "--checkpointing_steps", "1000"]  # fmt: skip
-    cfg = args.parse(args.build_parser("test", default_model="tiny:sd15"), argv)
-    recipe = SDRecipe(cfg, lora=False)
+    cfg = args.parse_recipe_args(SDRecipe, "test", "tiny:sd15", argv)
+    recipe = SDRecipe(cfg)
     calls = []
     encode = recipe.encode_batch
     recipe.encode_batch = lambda batch: calls.append(len(batch["captions"])) or encode(batch)
@@ -48,8 +48,8 @@ def test_torch_compile_traces_the_model_and_keeps_checkpoint_names(tmp_path, sha
     out = tmp_path / "out"
     argv = ["--train_data_dir", str(shapes), "--output_dir", str(out), "--resolution", "32", "--max_train_steps", "2",
             "--checkpointing_steps", "2", "--torch_compile", "eager"]  # fmt: skip
-    cfg = args.parse(args.build_parser("test", default_model="tiny:sd15"), argv)
-    loop.run(SDRecipe(cfg, lora=False), cfg)
+    cfg = args.parse_recipe_args(SDRecipe, "test", "tiny:sd15", argv)
+    loop.run(SDRecipe(cfg), cfg)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "torch.compile never traced the UNet"
     with safe_open(out / "checkpoint-2" / "model.safetensors", "pt") as f:
         assert not [k for k in f.keys() if "_orig_mod" in k]

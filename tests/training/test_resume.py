@@ -32,11 +32,9 @@ def unet_weights(out) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path, shapes):
-    from diffusers_npu.training.loop import KILL_AFTER_CHECKPOINT_ENV
-
     train("train_text_to_image.py", tmp_path / "straight", shapes, *FLAGS, steps=STEPS)
     killed = train("train_text_to_image.py", tmp_path / "resumed", shapes, *FLAGS, steps=STEPS, check=False,
-                   env={KILL_AFTER_CHECKPOINT_ENV: "3"})  # fmt: skip
+                   kill_after_checkpoint=3)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (tmp_path / "resumed" / "checkpoint-3").is_dir() and not (tmp_path / "resumed" / "unet").exists()
     train(
@@ -75,14 +73,12 @@ def test_checkpoints_are_pruned_and_truncated_ones_refused(tmp_path, shapes):
 def test_lora_checkpoints_hold_only_the_adapter_and_resume_bit_identically(tmp_path, shapes):
     from safetensors import safe_open
 
-    from diffusers_npu.training.loop import KILL_AFTER_CHECKPOINT_ENV
-
     flags = ("--random_flip", "--lr_scheduler", "cosine", "--lr_warmup_steps", "2", "--checkpointing_steps", "3",
              "--rank", "4")  # fmt: skip
     script = "train_text_to_image_lora.py"
     train(script, tmp_path / "straight", shapes, *flags, steps=STEPS)
     killed = train(script, tmp_path / "resumed", shapes, *flags, steps=STEPS, check=False,
-                   env={KILL_AFTER_CHECKPOINT_ENV: "3"})  # fmt: skip
+                   kill_after_checkpoint=3)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with safe_open(tmp_path / "resumed" / "checkpoint-3" / "model.safetensors", "pt") as f:
         keys = list(f.keys())

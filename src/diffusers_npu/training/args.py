@@ -14,9 +14,10 @@ import yaml
 
 from .. import attention, optim
 from ..errors import UserError
-from .config import TrainConfig
+from .config import WEIGHTING_SCHEMES, DDPMConfig, FluxLoRAConfig, TrainConfig
 
-D = TrainConfig()  # defaults live in one place: the dataclass
+# Defaults live in one place: the config dataclasses.
+D, DDPM, FLUX = TrainConfig(), DDPMConfig(), FluxLoRAConfig()
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -26,15 +27,8 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
         default=default_model,
         help="diffusers model directory, hub id, or tiny:<kind> for the built-in tiny model (offline default)",
     )
-    g.add_argument("--pretrained_vae_model_name_or_path", default=None, help="a separate VAE (SDXL: the fp16-fix VAE)")
     g.add_argument("--revision", default=None)
     g.add_argument("--variant", default=None)
-    g.add_argument(
-        "--prediction_type",
-        default=None,
-        choices=["epsilon", "v_prediction"],
-        help="override the scheduler's prediction type",
-    )
     g.add_argument("--output_dir", default=D.output_dir)
     g.add_argument("--cache_dir", default=None)
     g.add_argument("--seed", type=int, default=D.seed)  # fmt: skip
@@ -68,7 +62,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compute VAE latents and text embeddings once; later epochs skip the encoders",
     )
-    g.add_argument("--proportion_empty_prompts", type=float, default=D.proportion_empty_prompts)  # fmt: skip
 
 
 def add_optim_args(parser: argparse.ArgumentParser) -> None:
@@ -98,12 +91,6 @@ def add_loop_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
     g.add_argument("--gradient_accumulation_steps", type=int, default=D.gradient_accumulation_steps)
     g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--use_ema", action="store_true")
-    g.add_argument("--ema_decay", type=float, default=D.ema_decay)
-    g.add_argument(
-        "--snr_gamma", type=float, default=None, help="Min-SNR loss weighting, Hang et al. (2023); 5.0 recommended"
-    )
-    g.add_argument("--noise_offset", type=float, default=D.noise_offset)
     g.add_argument("--checkpointing_steps", type=int, default=D.checkpointing_steps)
     g.add_argument("--checkpoints_total_limit", type=int, default=None)
     g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory")
@@ -139,9 +126,28 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
                         "the first steps pay the compile time")  # fmt: skip
 
 
+def add_ddpm_args(parser: argparse.ArgumentParser) -> None:
+    """DDPM training of a UNet (SD 1.x/2.x, SDXL): the VAE, prediction type, loss weighting, EMA, prompt dropout."""
+    g = parser.add_argument_group("DDPM (UNet) training")
+    g.add_argument("--pretrained_vae_model_name_or_path", default=None, help="a separate VAE (SDXL: the fp16-fix VAE)")
+    g.add_argument(
+        "--prediction_type",
+        default=None,
+        choices=["epsilon", "v_prediction"],
+        help="override the scheduler's prediction type",
+    )
+    g.add_argument("--use_ema", action="store_true")
+    g.add_argument("--ema_decay", type=float, default=DDPM.ema_decay)
+    g.add_argument(
+        "--snr_gamma", type=float, default=None, help="Min-SNR loss weighting, Hang et al. (2023); 5.0 recommended"
+    )
+    g.add_argument("--noise_offset", type=float, default=DDPM.noise_offset)
+    g.add_argument("--proportion_empty_prompts", type=float, default=DDPM.proportion_empty_prompts)  # fmt: skip
+
+
 def add_lora_args(parser: argparse.ArgumentParser, text_encoder: bool) -> None:
     g = parser.add_argument_group("LoRA")
-    g.add_argument("--rank", type=int, default=D.rank)
+    g.add_argument("--rank", type=int, default=DDPM.rank)
     g.add_argument("--lora_alpha", type=int, default=None, help="default: the rank (scale 1)")
     if text_encoder:
         g.add_argument("--train_text_encoder", action="store_true")
@@ -161,37 +167,35 @@ def add_dreambooth_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--with_prior_preservation", action="store_true", help="add the class-prior loss (Ruiz et al. 2023)"
     )
-    g.add_argument("--prior_loss_weight", type=float, default=D.prior_loss_weight)
+    g.add_argument("--prior_loss_weight", type=float, default=FLUX.prior_loss_weight)
     g.add_argument(
         "--num_class_images",
         type=int,
-        default=D.num_class_images,
+        default=FLUX.num_class_images,
         help="class images wanted; the base model generates the missing ones",
     )
-    g.add_argument("--sample_batch_size", type=int, default=D.sample_batch_size, help="class images per pipeline call")  # fmt: skip
+    g.add_argument("--sample_batch_size", type=int, default=FLUX.sample_batch_size, help="class images per pipeline call")  # fmt: skip
 
 
 def add_flux_args(parser: argparse.ArgumentParser) -> None:
     """Flow-matching training of FLUX: guidance, timestep density and loss weighting, T5 length, LoRA layers."""
-    from .recipes.flux_lora import WEIGHTING_SCHEMES
-
     g = parser.add_argument_group("FLUX flow matching")
     g.add_argument(
         "--guidance_scale",
         type=float,
-        default=D.guidance_scale,
+        default=FLUX.guidance_scale,
         help="value fed to the guidance embedding (FLUX.1-dev); the reference trains with 1",
     )
     g.add_argument(
         "--weighting_scheme",
-        default=D.weighting_scheme,
+        default=FLUX.weighting_scheme,
         choices=list(WEIGHTING_SCHEMES),
         help="timestep density and loss weighting, Esser et al. (2024) §3.1",
     )
-    g.add_argument("--logit_mean", type=float, default=D.logit_mean, help="logit_normal: mean")
-    g.add_argument("--logit_std", type=float, default=D.logit_std, help="logit_normal: std")
-    g.add_argument("--mode_scale", type=float, default=D.mode_scale, help="mode: scale")
-    g.add_argument("--max_sequence_length", type=int, default=D.max_sequence_length, help="T5 tokens per prompt")
+    g.add_argument("--logit_mean", type=float, default=FLUX.logit_mean, help="logit_normal: mean")
+    g.add_argument("--logit_std", type=float, default=FLUX.logit_std, help="logit_normal: std")
+    g.add_argument("--mode_scale", type=float, default=FLUX.mode_scale, help="mode: scale")
+    g.add_argument("--max_sequence_length", type=int, default=FLUX.max_sequence_length, help="T5 tokens per prompt")
     g.add_argument(
         "--cache_text_embeddings",
         action="store_true",
@@ -232,19 +236,24 @@ def add_legacy_aliases(parser: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=dest, help=f"= --{dest}")
 
 
-def build_parser(
-    description: str, default_model: str, lora: bool = False, text_encoder_lora: bool = False
-) -> argparse.ArgumentParser:
-    """The parser of one training example: every group, the aliases and ``--config``."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse's errors (unknown flag, bad choice) as the package's one-line ``error:`` and exit status 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see --help")
+
+
+def build_parser(description: str, default_model: str, recipe_cls) -> argparse.ArgumentParser:
+    """The parser of one training example: the shared groups, the recipe's own (``recipe_cls.add_arguments``),
+    the reference's aliases and ``--config``. A flag of another recipe is an unrecognized argument."""
+    parser = _OneLineErrors(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file whose keys are these flags' names (flags given win)")
     add_model_args(parser, default_model)
     add_data_args(parser)
     add_optim_args(parser)
     add_loop_args(parser)
     add_device_args(parser)
-    if lora:
-        add_lora_args(parser, text_encoder_lora)
+    recipe_cls.add_arguments(parser)
     add_legacy_aliases(parser)
     return parser
 
@@ -264,9 +273,14 @@ def _apply_yaml(parser: argparse.ArgumentParser, path: str) -> None:
     parser.set_defaults(**values)
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> TrainConfig:
-    """Parse flags (and ``--config``) into a validated, frozen :class:`TrainConfig`."""
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, config_cls: type[TrainConfig]) -> TrainConfig:
+    """Parse flags (and ``--config``) into a validated, frozen ``config_cls``."""
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         _apply_yaml(parser, pre.config)
-    return TrainConfig.from_namespace(parser.parse_args(argv))
+    return config_cls.from_namespace(parser.parse_args(argv))
+
+
+def parse_recipe_args(recipe_cls, description: str, default_model: str, argv: list[str] | None = None) -> TrainConfig:
+    """What an example script does first: ``build_parser`` for ``recipe_cls``, then ``parse`` into its config."""
+    return parse(build_parser(description, default_model, recipe_cls), argv, recipe_cls.config_cls)

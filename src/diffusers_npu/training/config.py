@@ -10,14 +10,15 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training setting, named as the flag that sets it (diffusers' names; see training/args.py)."""
+    """The settings every recipe shares, named as the flag that sets it (diffusers' names; training/args.py).
+
+    A recipe's own settings live in a subclass (:class:`DDPMConfig`, :class:`FluxLoRAConfig`), so a flag reaches
+    only the recipes it means something to; each class validates its own fields in ``_checks``."""
 
     # model and output
     pretrained_model_name_or_path: str = "tiny:sd15"
-    pretrained_vae_model_name_or_path: str | None = None
     revision: str | None = None
     variant: str | None = None
-    prediction_type: str | None = None
     output_dir: str = "outputs/run"
     cache_dir: str | None = None
     seed: int = 0
@@ -36,7 +37,6 @@ class TrainConfig:
     pin_memory: bool = False
     persistent_workers: bool = False
     cache_latents: bool = False
-    proportion_empty_prompts: float = 0.0
     # optimization
     optimizer: str = "adamw"
     learning_rate: float = 1e-4
@@ -55,10 +55,6 @@ class TrainConfig:
     max_train_steps: int | None = None
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
-    use_ema: bool = False
-    ema_decay: float = 0.9999
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
@@ -77,28 +73,6 @@ class TrainConfig:
     init_loss_scale: float = 2.0**16
     allow_tf32: bool = False
     torch_compile: str | None = None  # a torch.compile backend name
-    # LoRA (only the LoRA recipes read these)
-    rank: int = 4
-    lora_alpha: int | None = None
-    train_text_encoder: bool = False
-    # DreamBooth (examples/dreambooth; training/dreambooth_data.py)
-    instance_data_dir: str | None = None
-    instance_prompt: str | None = None
-    class_data_dir: str | None = None
-    class_prompt: str | None = None
-    with_prior_preservation: bool = False
-    prior_loss_weight: float = 1.0
-    num_class_images: int = 100
-    sample_batch_size: int = 4
-    # flow matching (FLUX; training/recipes/flux_lora.py)
-    guidance_scale: float = 3.5
-    weighting_scheme: str = "none"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-    max_sequence_length: int = 512
-    cache_text_embeddings: bool = False
-    lora_layers: str | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainConfig:
@@ -109,17 +83,88 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One-line errors for settings that are wrong before anything runs."""
-        checks = [
+        for ok, message in self._checks():
+            if not ok:
+                raise UserError(message)
+
+    def _checks(self) -> list[tuple[object, str]]:
+        return [
             (self.resolution % 8 == 0 and self.resolution > 0, f"--resolution {self.resolution} must be a positive multiple of 8 (the VAE downsamples by 8)"),
             (self.train_batch_size >= 1, "--train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1"),
             (self.max_train_steps is None or self.max_train_steps >= 1, "--max_train_steps must be >= 1"),
             (self.num_train_epochs >= 1, "--num_train_epochs must be >= 1"),
             (self.checkpointing_steps >= 1, "--checkpointing_steps must be >= 1"),
-            (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
             (self.mixed_precision in ("no", "fp16", "bf16"), f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16"),
-            (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
         ]  # fmt: skip
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+
+
+@dataclass(frozen=True)
+class DDPMConfig(TrainConfig):
+    """SD 1.x/2.x and SDXL: DDPM noising of a UNet, full fine-tune or LoRA (training/recipes/ddpm.py)."""
+
+    pretrained_vae_model_name_or_path: str | None = None
+    prediction_type: str | None = None
+    proportion_empty_prompts: float = 0.0
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    rank: int = 4  # LoRA scripts only
+    lora_alpha: int | None = None
+
+    def _checks(self) -> list[tuple[object, str]]:
+        return super()._checks() + [
+            (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
+            (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
+        ]
+
+
+# diffusers.training_utils.compute_density_for_timestep_sampling / compute_loss_weighting_for_sd3 names.
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
+
+
+@dataclass(frozen=True)
+class FluxLoRAConfig(TrainConfig):
+    """FLUX.1 DreamBooth LoRA: flow matching of a FluxTransformer2DModel (training/recipes/flux_lora.py)."""
+
+    rank: int = 4
+    lora_alpha: int | None = None
+    train_text_encoder: bool = False
+    # DreamBooth (training/dreambooth_data.py)
+    instance_data_dir: str | None = None
+    instance_prompt: str | None = None
+    class_data_dir: str | None = None
+    class_prompt: str | None = None
+    with_prior_preservation: bool = False
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 100
+    sample_batch_size: int = 4
+    # flow matching
+    guidance_scale: float = 3.5
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    max_sequence_length: int = 512
+    cache_text_embeddings: bool = False
+    lora_layers: str | None = None
+
+    def _checks(self) -> list[tuple[object, str]]:
+        return super()._checks() + [
+            (self.dataset_name is None, "DreamBooth trains on a folder of images, not --dataset_name; pass --instance_data_dir DIR"),
+            (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
+            (self.instance_prompt, "--instance_prompt is required, e.g. --instance_prompt 'a photo of sks dog'"),
+            (self.weighting_scheme in WEIGHTING_SCHEMES, f"--weighting_scheme {self.weighting_scheme!r}: use one of {', '.join(WEIGHTING_SCHEMES)}"),
+            (self.prior_loss_weight >= 0, "--prior_loss_weight must be >= 0"),
+            (self.num_class_images >= 1 and self.sample_batch_size >= 1, "--num_class_images and --sample_batch_size must be >= 1"),
+            (self.max_sequence_length >= 1, "--max_sequence_length must be >= 1"),
+            (not (self.cache_text_embeddings and self.train_text_encoder), "--cache_text_embeddings cannot be combined with --train_text_encoder (the CLIP embeddings change); drop one"),
+            (not self.with_prior_preservation or (self.class_data_dir and self.class_prompt), "--with_prior_preservation needs --class_data_dir and --class_prompt"),
+        ]  # fmt: skip
+
+    def validate(self) -> None:
+        super().validate()
+        from .dreambooth_data import list_images
+
+        list_images(self.instance_data_dir or self.train_data_dir, "--instance_data_dir")  # before any model loads

@@ -171,6 +171,18 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         }
 
 
+def image_caption_dataset(cfg) -> ImageCaptionDataset:
+    """The image-caption dataset a config's data flags name (``--dataset_name`` / ``--train_data_dir``, columns,
+    ``--max_train_samples``), with its resolution and crop settings: the text-to-image recipes' data."""
+    hf, image_col, caption_col = load_image_text_dataset(
+        cfg.dataset_name, cfg.train_data_dir, cfg.image_column, cfg.caption_column,
+        cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples,
+    )  # fmt: skip
+    return ImageCaptionDataset(
+        hf, image_col, caption_col, cfg.resolution, cfg.center_crop, cfg.image_interpolation_mode, cfg.seed
+    )
+
+
 def collate(examples: list[dict]) -> dict:
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(),

@@ -1,4 +1,5 @@
-"""The one training loop: accumulate, autocast, scale, clip, step, log, checkpoint. Recipes supply hooks.
+"""The one training loop: accumulate, autocast, scale, clip, step, log, checkpoint. Recipes supply the hooks of
+training/recipe.py and nothing else is asked of them; callers may add :class:`Callbacks`.
 
 Device, precision and the loss scaler are decided once, before the loop (``devices.build_accelerator``);
 the loop has no device or dtype branches. accelerate owns launch, DDP, autocast, backward and accumulation.
@@ -8,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +23,19 @@ from .. import checkpoint, devices, optim
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
-from . import data
 from .config import TrainConfig
+from .recipe import Recipe
 
 logger = logging.getLogger("diffusers_npu.train")
-# Fault injection for the kill-and-resume test: SIGKILL this process right after the checkpoint of this step.
-KILL_AFTER_CHECKPOINT_ENV = "DIFFUSERS_NPU_KILL_AFTER_CHECKPOINT"
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """Functions the loop calls on every process: ``after_step(step)`` after each optimizer step's bookkeeping,
+    ``after_checkpoint(step, path)`` once checkpoint ``path`` is complete on disk."""
+
+    after_step: tuple[Callable[[int], None], ...] = ()
+    after_checkpoint: tuple[Callable[[int, Path], None], ...] = ()
 
 
 @dataclass
@@ -62,30 +69,14 @@ class RunStats:
         )
 
 
-def _dataset(recipe, cfg: TrainConfig):
-    if hasattr(recipe, "build_dataset"):  # a recipe with its own data (DreamBooth: instance + class images)
-        return recipe.build_dataset()
-    hf, image_col, caption_col = data.load_image_text_dataset(
-        cfg.dataset_name, cfg.train_data_dir, cfg.image_column, cfg.caption_column,
-        cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples,
-    )  # fmt: skip
-    return data.ImageCaptionDataset(
-        hf, image_col, caption_col, cfg.resolution, cfg.center_crop, cfg.image_interpolation_mode, cfg.seed
-    )
-
-
-def _collate(dataset):
-    """The dataset's own ``collate`` if it has one (DreamBooth: instance rows, then class rows), else data.collate."""
-    return getattr(dataset, "collate", data.collate)
-
-
-def _cache_encodings(recipe, dataset, cfg: TrainConfig) -> list[dict]:
+def _cache_encodings(recipe: Recipe, dataset, cfg: TrainConfig) -> list[dict]:
     """--cache_latents: run the frozen encoders once over the dataset; later epochs reuse the results."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, collate_fn=_collate(dataset))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, collate_fn=recipe.collate)
     cached = []
     for batch in tqdm(loader, desc="caching latents", disable=not sys.stderr.isatty()):
         encoded = recipe.encode_batch(batch)
-        for i in range(len(batch["captions"])):
+        batch_size = next(iter(encoded.values())).shape[0]
+        for i in range(batch_size):
             cached.append({k: v[i].detach().cpu() for k, v in encoded.items()})
     return cached
 
@@ -106,7 +97,7 @@ def _check_trackers(report_to: str | None) -> None:
             raise UserError(f"--report_to {report_to} needs {name}: pip install {TRACKER_PACKAGES[name][0]}")
 
 
-def _setup(recipe, cfg: TrainConfig):
+def _setup(recipe: Recipe, cfg: TrainConfig):
     """Everything before the first step: accelerator, models, data, optimizer, schedule, resume."""
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -125,13 +116,13 @@ def _setup(recipe, cfg: TrainConfig):
     set_seed(cfg.seed)
     weight_dtype = devices.parse_dtype(cfg.mixed_precision)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
-    recipe.load_components()
-    recipe.prepare_models(accelerator.device, device.kind, weight_dtype)
-    dataset = _dataset(recipe, cfg)
+    recipe.load()
+    recipe.prepare(accelerator.device, device.kind, weight_dtype)
+    dataset = recipe.build_dataset()
     if cfg.cache_latents:
         dataset = _cache_encodings(recipe, dataset, cfg)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else _collate(dataset),
+        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else recipe.collate,
         num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
         persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
         # Its own generator: creating a loader iterator (as resuming does) must not draw from the global RNG.
@@ -154,9 +145,10 @@ def _setup(recipe, cfg: TrainConfig):
     max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
     schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
                              num_training_steps=max_steps * accelerator.num_processes)  # fmt: skip
+    trained = recipe.trainable_model()
     if cfg.torch_compile:  # Module.compile: compiled in place, so state_dict keys (checkpoints) stay the same
-        recipe.unet.compile(backend=cfg.torch_compile)
-    model, optimizer, schedule = accelerator.prepare(recipe.unet, optimizer, schedule)
+        trained.compile(backend=cfg.torch_compile)
+    model, optimizer, schedule = accelerator.prepare(trained, optimizer, schedule)
     ema = recipe.make_ema()
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -192,7 +184,7 @@ class Run:
     """The prepared objects of one run (built by ``_setup``)."""
 
     cfg: TrainConfig
-    recipe: object
+    recipe: Recipe
     device: devices.Device
     accelerator: object
     model: torch.nn.Module
@@ -206,6 +198,7 @@ class Run:
     max_steps: int
     out: Path
     trainable_only: bool = False  # checkpoints hold the trainable parameters only (checkpoint.save_trainable_only)
+    callbacks: Callbacks = field(default_factory=Callbacks)
 
 
 def _micro_step(run: Run, batch: dict) -> torch.Tensor:
@@ -216,9 +209,7 @@ def _micro_step(run: Run, batch: dict) -> torch.Tensor:
     with acc.accumulate(run.model):
         encoded = batch if cfg.cache_latents else recipe.encode_batch(batch)
         with acc.autocast():
-            pred, target, weights = recipe.predict_and_target(run.model, encoded)
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        loss = (loss * weights).mean() if weights is not None else loss.mean()
+            loss = recipe.per_sample_loss(run.model, encoded).mean()
         acc.backward(loss)
         if acc.sync_gradients and cfg.max_grad_norm > 0:
             optim.clip_grad_norm(run.params, cfg.max_grad_norm, run.optimizer, acc.scaler, cfg.clip_grad_norm_fused)
@@ -245,8 +236,10 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
         if acc.is_main_process:
             checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit)
             logger.info("saved %s", path)
-        if os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == str(run.step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        for callback in run.callbacks.after_checkpoint:
+            callback(run.step, path)
+    for callback in run.callbacks.after_step:
+        callback(run.step)
 
 
 def _epochs(run: Run):
@@ -261,12 +254,13 @@ def _epochs(run: Run):
         epoch += 1
 
 
-def run(recipe, cfg: TrainConfig) -> RunStats:
+def run(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None = None) -> RunStats:
     """Train ``recipe`` as ``cfg`` says; save its weights; print and return the run's measurements."""
     check_environment()
     setup_logging()
     start = time.perf_counter()
     r = _setup(recipe, cfg)
+    r.callbacks = callbacks or Callbacks()
     acc = r.accelerator
     stats = RunStats(
         cfg.train_batch_size * acc.num_processes * cfg.gradient_accumulation_steps, cfg.timing_warmup_steps

@@ -14,52 +14,27 @@ The hooks follow diffusers' ``train_dreambooth_lora_flux.py`` and its MindONE po
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ... import attention, devices
 from ...errors import UserError
 from ...model_paths import resolve_model_path
-from ..config import TrainConfig
+from ..config import FluxLoRAConfig
 from ..dreambooth_data import DreamBoothDataset, ensure_class_images, list_images
-from .base import UNET_LORA_TARGETS, Recipe, lora_config
+from .common import UNET_LORA_TARGETS, lora_config, per_sample_mse, pixels
 
 logger = logging.getLogger("diffusers_npu.train")
 
-# diffusers.training_utils.compute_density_for_timestep_sampling / compute_loss_weighting_for_sd3 names.
-WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 TRANSFORMER_LORA_TARGETS = UNET_LORA_TARGETS  # to_k, to_q, to_v, to_out.0 of every FLUX attention block
 CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # --train_text_encoder: CLIP only, T5 stays frozen
-# Flags of the shared parser that mean nothing for flow-matching LoRA; set, they are an error, never ignored.
-_NOT_FOR_FLUX = {"use_ema": False, "snr_gamma": None, "noise_offset": 0.0, "prediction_type": None,
-                 "proportion_empty_prompts": 0.0, "pretrained_vae_model_name_or_path": None}  # fmt: skip
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """One-line errors for DreamBooth/FLUX settings, before any model is loaded."""
-    if cfg.dataset_name is not None:  # test/_common.sh passes the reference's hub dataset when given no data
-        raise UserError("DreamBooth trains on a folder of images, not --dataset_name; pass --instance_data_dir DIR")
-    for name, default in _NOT_FOR_FLUX.items():
-        if getattr(cfg, name) != default:
-            raise UserError(f"--{name} does not apply to FLUX DreamBooth LoRA; drop it")
-    checks = [
-        (cfg.instance_prompt, "--instance_prompt is required, e.g. --instance_prompt 'a photo of sks dog'"),
-        (cfg.weighting_scheme in WEIGHTING_SCHEMES, f"--weighting_scheme {cfg.weighting_scheme!r}: use one of {', '.join(WEIGHTING_SCHEMES)}"),
-        (cfg.prior_loss_weight >= 0, "--prior_loss_weight must be >= 0"),
-        (cfg.num_class_images >= 1 and cfg.sample_batch_size >= 1, "--num_class_images and --sample_batch_size must be >= 1"),
-        (cfg.max_sequence_length >= 1, "--max_sequence_length must be >= 1"),
-        (not (cfg.cache_text_embeddings and cfg.train_text_encoder), "--cache_text_embeddings cannot be combined with --train_text_encoder (the CLIP embeddings change); drop one"),
-        (not cfg.with_prior_preservation or (cfg.class_data_dir and cfg.class_prompt), "--with_prior_preservation needs --class_data_dir and --class_prompt"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-    list_images(cfg.instance_data_dir or cfg.train_data_dir, "--instance_data_dir")
-
-
-def add_lora(model: torch.nn.Module, cfg: TrainConfig, targets: tuple[str, ...], flag: str) -> None:
+def add_lora(model: torch.nn.Module, cfg: FluxLoRAConfig, targets: tuple[str, ...], flag: str) -> None:
     """PEFT LoRA (gaussian init, alpha = rank unless --lora_alpha) on ``targets``; unknown names are an error.
 
     A target matches a module whose name is it or ends with ``.<target>`` (PEFT's suffix rule).
@@ -124,15 +99,26 @@ class FluxDenoiser(torch.nn.Module):
         )[0]  # fmt: skip
 
 
-class FluxLoRARecipe(Recipe):
-    """FLUX.1 DreamBooth LoRA hooks. ``self.unet`` (what the loop prepares and trains) is a :class:`FluxDenoiser`."""
+class FluxLoRARecipe:
+    """FLUX.1 DreamBooth LoRA: the loop's contract (training/recipe.py) implemented directly. The trained model
+    is a :class:`FluxDenoiser` (``self.denoiser``), built in ``prepare``."""
 
-    def __init__(self, cfg: TrainConfig):
-        check_config(cfg)
-        super().__init__(cfg, lora=True)
+    config_cls: ClassVar[type[FluxLoRAConfig]] = FluxLoRAConfig
+
+    def __init__(self, cfg: FluxLoRAConfig):
+        self.cfg = cfg
         self._text_cache: dict[str, dict[str, torch.Tensor]] = {}
 
-    def load_components(self) -> None:
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        from .. import args
+
+        args.add_lora_args(parser, text_encoder=True)
+        args.add_dreambooth_args(parser)
+        args.add_flux_args(parser)
+        parser.set_defaults(mixed_precision="bf16")  # MindONE's FLUX precision plan: frozen weights in bf16
+
+    def load(self) -> None:
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -154,7 +140,7 @@ class FluxLoRARecipe(Recipe):
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", **common)
         self.text_encoders = [self.text_encoder, self.text_encoder_2]
 
-    def prepare_models(self, device: torch.device, device_kind: str, weight_dtype: torch.dtype) -> None:
+    def prepare(self, device: torch.device, device_kind: str, weight_dtype: torch.dtype) -> None:
         """Freeze and cast everything to the mixed precision, add LoRA, keep LoRA in fp32, choose attention."""
         from accelerate import PartialState
         from diffusers.training_utils import cast_training_params
@@ -190,13 +176,22 @@ class FluxLoRARecipe(Recipe):
         # from the pipelines' schedulers, whose set_timesteps rewrites it.
         self.train_sigmas = self.noise_scheduler.sigmas.clone()
         self.train_timesteps = self.noise_scheduler.timesteps.clone()
-        self.unet = FluxDenoiser(self.transformer, self.text_encoder if cfg.train_text_encoder else None)
+        self.denoiser = FluxDenoiser(self.transformer, self.text_encoder if cfg.train_text_encoder else None)
         if PartialState().is_main_process:
             for line in precision_plan(modules, weight_dtype):
                 logger.info(line)
 
-    def make_ema(self):
-        return None  # LoRA: no EMA (check_config refuses --use_ema)
+    def trainable_model(self) -> torch.nn.Module:
+        return self.denoiser
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def make_ema(self) -> None:
+        return None  # LoRA: no EMA
+
+    def collate(self, examples: list[dict]) -> dict:
+        return DreamBoothDataset.collate(examples)
 
     def build_dataset(self) -> DreamBoothDataset:
         """Instance images (and class images, generated by the base model where missing) as one dataset."""
@@ -220,9 +215,9 @@ class FluxLoRARecipe(Recipe):
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> dict:
         """Pixels to shifted, scaled latents (with the random flip) and prompts to T5 / CLIP embeddings."""
-        pixels = self.pixels(batch)
+        images = pixels(batch, self.device, self.vae.dtype, self.cfg.random_flip)
         vae = self.vae.config
-        latents = (self.vae.encode(pixels).latent_dist.sample() - (vae.shift_factor or 0.0)) * vae.scaling_factor
+        latents = (self.vae.encode(images).latent_dist.sample() - (vae.shift_factor or 0.0)) * vae.scaling_factor
         captions = list(batch["captions"])
         is_prior = batch.get("is_prior", torch.zeros(len(captions), dtype=torch.bool))
         return {"latents": latents.float(), "is_prior": is_prior, **self.encode_text(captions)}
@@ -254,10 +249,8 @@ class FluxLoRARecipe(Recipe):
             out["pooled"] = self.text_encoder(clip_ids, output_hidden_states=False).pooler_output  # (B, 768)
         return out
 
-    def predict_and_target(
-        self, model: torch.nn.Module, encoded: dict
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rectified-flow pair at sampled sigmas: prediction of ``noise - latents`` and per-sample loss weights."""
+    def per_sample_loss(self, model: torch.nn.Module, encoded: dict) -> torch.Tensor:
+        """Rectified-flow loss per example, (B,): the prediction of ``noise - latents`` at sampled sigmas, weighted."""
         from diffusers import FluxPipeline
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
@@ -286,7 +279,7 @@ class FluxLoRARecipe(Recipe):
             pred, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
         )  # (B, C, h, w)
         weights = loss_weights(cfg.weighting_scheme, sigmas, encoded.get("is_prior"), cfg.prior_loss_weight)
-        return pred, noise - latents, weights
+        return per_sample_mse(pred, noise - latents) * weights
 
     # ---- output ------------------------------------------------------------------------------------
     def save_weights(self, model: torch.nn.Module, output_dir: Path) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Recipe
+from .ddpm import DDPMRecipe
 
 
-class SDRecipe(Recipe):
+class SDRecipe(DDPMRecipe):
     """One CLIP text encoder; the UNet is called as ``unet(noisy, t, encoder_hidden_states)``."""
 
-    def load_components(self) -> None:
+    def load(self) -> None:
         from diffusers import StableDiffusionPipeline
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -38,3 +38,9 @@ class SDRecipe(Recipe):
     ) -> torch.Tensor:
         context = encoded["encoder_hidden_states"].to(self.device)
         return model(noisy, timesteps, context, return_dict=False)[0]
+
+
+class SDLoRARecipe(SDRecipe):
+    """LoRA (PEFT) on the UNet's attention projections; the rest frozen."""
+
+    lora = True

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Recipe
+from .ddpm import DDPMRecipe
 
 
-class SDXLRecipe(Recipe):
+class SDXLRecipe(DDPMRecipe):
     """The UNet takes ``added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}`` (Podell et al., 2023 §2.2)."""
 
-    def load_components(self) -> None:
+    def load(self) -> None:
         from diffusers import StableDiffusionXLPipeline
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -64,3 +64,9 @@ class SDXLRecipe(Recipe):
         cond = {"text_embeds": encoded["pooled"].to(self.device), "time_ids": encoded["time_ids"].to(self.device)}
         context = encoded["encoder_hidden_states"].to(self.device)
         return model(noisy, timesteps, context, added_cond_kwargs=cond, return_dict=False)[0]
+
+
+class SDXLLoRARecipe(SDXLRecipe):
+    """LoRA (PEFT) on the UNet's attention projections; the rest frozen."""
+
+    lora = True

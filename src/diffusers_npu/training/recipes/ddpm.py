@@ -1,51 +1,47 @@
-"""What every latent-diffusion recipe shares: the DDPM noising, the target, Min-SNR weights, LoRA, EMA.
+"""What the UNet recipes (SD 1.x/2.x, SDXL) share: DDPM noising, the eps/v target, Min-SNR weights, LoRA, EMA.
 
-A recipe is a handful of hooks the shared loop calls (STYLE.md B4). Subclasses load their components and
-say how a batch is encoded and how the UNet is called; none of them owns a loop.
+:class:`DDPMRecipe` implements the loop's contract (training/recipe.py). Subclasses load their text side and say
+how captions are encoded and how the UNet is called; none of them owns a loop.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ... import attention
 from ...model_paths import resolve_model_path
-from ..config import TrainConfig
-
-# PEFT targets of diffusers' train_text_to_image_lora(.py|_sdxl.py): the attention projections.
-UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-
-
-def lora_config(rank: int, alpha: int | None, targets: tuple[str, ...] = UNET_LORA_TARGETS):
-    """PEFT LoraConfig as upstream: gaussian init, alpha defaulting to the rank (scale 1)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
+from .. import data
+from ..config import DDPMConfig
+from .common import lora_config, move, per_sample_mse, pixels
 
 
-def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move ``module`` to ``device`` and cast it to ``dtype`` only if it is not in it already: diffusers models warn
-    on every ``.to(dtype)`` about modules to keep in fp32 (diffusers/models/modeling_utils.py ``to``)."""
-    module.to(device)
-    if module.dtype != dtype:
-        module.to(dtype=dtype)
+class DDPMRecipe:
+    """The loop's hooks for a UNet trained with DDPM noising. Subclasses set ``pipeline_cls`` and implement
+    ``load``, ``encode_text`` and ``predict``; the class attribute ``lora`` selects LoRA (peft) over a full
+    fine-tune, and with it the LoRA flags."""
 
-
-class Recipe:
-    """Hooks for the shared loop. Subclasses set ``pipeline_cls`` and implement ``load_components``,
-    ``encode_text`` and ``predict``; ``lora`` selects LoRA (peft) instead of a full fine-tune."""
-
+    config_cls: ClassVar[type[DDPMConfig]] = DDPMConfig
+    lora: ClassVar[bool] = False
     pipeline_cls: type
     unet: torch.nn.Module
     vae: torch.nn.Module
     noise_scheduler: object
 
-    def __init__(self, cfg: TrainConfig, lora: bool = False):
+    def __init__(self, cfg: DDPMConfig):
         self.cfg = cfg
-        self.lora = lora
         self.ema = None
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        from .. import args
+
+        args.add_ddpm_args(parser)
+        if cls.lora:
+            args.add_lora_args(parser, text_encoder=False)
 
     # ---- setup -------------------------------------------------------------------------------------
     def load_denoising_parts(self) -> str:
@@ -65,19 +61,19 @@ class Recipe:
         self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
         return path
 
-    def prepare_models(self, device: torch.device, device_kind: str, weight_dtype: torch.dtype) -> None:
+    def prepare(self, device: torch.device, device_kind: str, weight_dtype: torch.dtype) -> None:
         """Freeze what is not trained, add LoRA, choose attention, move and cast. Called once by the loop."""
         cfg = self.cfg
         self.device, self.weight_dtype = device, weight_dtype
         for module in self.frozen_modules():
-            _move(module.requires_grad_(False).eval(), device, weight_dtype)
+            move(module.requires_grad_(False).eval(), device, weight_dtype)
         if self.vae_in_fp32():
-            _move(self.vae, device, torch.float32)
+            move(self.vae, device, torch.float32)
         if cfg.prediction_type:
             self.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
         self.unet.requires_grad_(not self.lora)
         if self.lora:
-            _move(self.unet, device, weight_dtype)
+            move(self.unet, device, weight_dtype)
             self.unet.add_adapter(lora_config(cfg.rank, cfg.lora_alpha))
             for p in self.unet.parameters():  # LoRA weights train in fp32 over a frozen reduced-precision base
                 if p.requires_grad:
@@ -96,6 +92,15 @@ class Recipe:
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.vae, *self.text_encoders]
 
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        return data.image_caption_dataset(self.cfg)
+
+    def collate(self, examples: list[dict]) -> dict:
+        return data.collate(examples)
+
+    def trainable_model(self) -> torch.nn.Module:
+        return self.unet
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]
 
@@ -112,39 +117,22 @@ class Recipe:
         return self.ema
 
     # ---- per step ----------------------------------------------------------------------------------
-    def pixels(self, batch: dict) -> torch.Tensor:
-        """The batch's images on the device in the VAE's dtype, (B, 3, H, W), with --random_flip applied
-        (and, for flipped rows, ``batch["crop_top_lefts"]`` replaced by the mirrored frame's coordinates)."""
-        pixels = batch["pixel_values"].to(self.device, dtype=self.vae.dtype, non_blocking=True)
-        if self.cfg.random_flip:
-            flip = torch.rand(pixels.shape[0]) < 0.5  # global RNG: restored exactly on resume
-            pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
-            if "flipped_crop_top_lefts" in batch:  # crop coordinates in the mirrored frame, as diffusers' SDXL script
-                batch["crop_top_lefts"] = torch.where(
-                    flip.to(batch["crop_top_lefts"].device)[:, None],
-                    batch["flipped_crop_top_lefts"],
-                    batch["crop_top_lefts"],
-                )
-        return pixels
-
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> dict:
         """Pixels to latents (with the random flip) and captions to embeddings: the frozen part of a step."""
-        pixels = self.pixels(batch)
-        latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+        images = pixels(batch, self.device, self.vae.dtype, self.cfg.random_flip)
+        latents = self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
         captions = list(batch["captions"])
         if self.cfg.proportion_empty_prompts > 0:
             drop = torch.rand(len(captions)) < self.cfg.proportion_empty_prompts
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         return {"latents": latents.float(), **self.encode_text(captions, batch)}
 
-    def predict_and_target(
-        self, model: torch.nn.Module, encoded: dict
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """DDPM training pair (Ho et al., 2020): noise the latents at random t, predict eps or v.
+    def per_sample_loss(self, model: torch.nn.Module, encoded: dict) -> torch.Tensor:
+        """DDPM training loss (Ho et al., 2020) per example, (B,): noise the latents at random t, predict eps or v.
 
-        Returns (prediction, target, per-sample loss weights or None). ``--noise_offset`` follows
-        Guttenberg (2023, "Diffusion with Offset Noise"); ``--snr_gamma`` is Min-SNR-gamma (Hang et al., 2023).
+        ``--noise_offset`` follows Guttenberg (2023, "Diffusion with Offset Noise"); ``--snr_gamma`` weights by
+        Min-SNR-gamma (Hang et al., 2023).
         """
         latents = encoded["latents"].to(self.device)
         noise = torch.randn_like(latents)
@@ -158,8 +146,9 @@ class Recipe:
         ).long()
         noisy = sched.add_noise(latents, noise, timesteps)
         target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
-        pred = self.predict(model, noisy, timesteps, encoded)
-        return pred, target, self._snr_weights(timesteps)
+        loss = per_sample_mse(self.predict(model, noisy, timesteps, encoded), target)
+        weights = self._snr_weights(timesteps)
+        return loss if weights is None else loss * weights
 
     def _snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
         if self.cfg.snr_gamma is None:

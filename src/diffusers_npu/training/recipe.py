@@ -1,0 +1,58 @@
+"""The contract between the training loop and a recipe: exactly the hooks ``loop.run`` calls, in call order.
+
+The loop knows nothing else about a recipe: not which model it trains (UNet, FLUX transformer, ControlNet),
+not the latents' shape, not its data. A recipe owns its flags too: ``add_arguments`` adds its argument groups
+to the shared ones and ``config_cls`` is the frozen config they parse into (training/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from .config import TrainConfig
+
+
+class Recipe(Protocol):
+    config_cls: ClassVar[type[TrainConfig]]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this recipe's argument groups (and parser defaults) to the shared ones."""
+
+    def load(self) -> None:
+        """Load every component from the model path; nothing on the device yet."""
+
+    def prepare(self, device: torch.device, device_kind: str, weight_dtype: torch.dtype) -> None:
+        """Freeze, add adapters, choose the attention kernel, move and cast. Called once, before the data."""
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        """The training examples (after ``prepare``: DreamBooth may generate class images with the model)."""
+
+    def collate(self, examples: list[dict]) -> dict:
+        """A batch from dataset examples (the ``DataLoader``'s ``collate_fn``)."""
+
+    def encode_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The frozen part of a step (VAE, text encoders), under no_grad. Its tensors' first dimension is the
+        batch: with ``--cache_latents`` the loop stores them per example and stacks them back."""
+
+    def trainable_model(self) -> torch.nn.Module:
+        """The one module the loop hands to accelerate (DDP, compile) and to the hooks below."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates."""
+
+    def make_ema(self) -> Any | None:
+        """An EMA of the trained weights (``step(parameters)``, checkpointed by the loop), or None."""
+
+    def per_sample_loss(self, model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of each example, (B,), any weighting applied; the loop takes the mean."""
+
+    def save_weights(self, model: torch.nn.Module, output_dir: Path) -> None:
+        """The trained result in a form stock diffusers loads (a pipeline folder or LoRA weights)."""
+
+    def validation_pipeline(self, model: torch.nn.Module) -> Any:
+        """A diffusers pipeline over the live modules, for validation images."""
