@@ -95,13 +95,13 @@ def test_missing_or_empty_data_is_a_user_error(tmp_path):
         data.load_image_text_dataset(None, str(tmp_path / "empty"))
 
 
-def test_corrupt_image_is_named_by_index(tmp_path):
+def test_corrupt_image_is_named_by_its_path(tmp_path):
     data.make_shapes_dataset(tmp_path, num_images=3, resolution=16)
     (tmp_path / "00002.png").write_bytes(b"not a png")
     hf, image_col, caption_col = data.load_image_text_dataset(None, str(tmp_path))
     ds = data.ImageCaptionDataset(hf, image_col, caption_col, 16)
     ds[0]
-    with pytest.raises(UserError, match="image 2 of the dataset cannot be decoded"):
+    with pytest.raises(UserError, match=r"image \S*00002.png of the dataset cannot be decoded"):
         ds[2]
 
 

@@ -145,6 +145,46 @@ def add_ddpm_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--proportion_empty_prompts", type=float, default=DDPM.proportion_empty_prompts)  # fmt: skip
 
 
+def add_image_data_args(parser: argparse.ArgumentParser) -> None:
+    """Image-caption datasets as people keep them (kohya sd-scripts' flag names and meanings)."""
+    g = parser.add_argument_group("image-caption data (kohya's flags)")
+    g.add_argument(
+        "--caption_extension",
+        default=None,
+        help="caption files beside the images (kohya's layout), e.g. .txt; a folder with no metadata "
+        "file and .txt files is read this way without it",
+    )
+    g.add_argument(
+        "--caption_dropout_rate",
+        type=float,
+        default=DDPM.caption_dropout_rate,
+        help="probability of training an image with the empty caption, drawn per epoch",
+    )
+    g.add_argument("--shuffle_caption", action="store_true", help="shuffle the comma-separated tags each epoch")
+    g.add_argument(
+        "--keep_tokens",
+        type=int,
+        default=DDPM.keep_tokens,
+        help="with --shuffle_caption: the first N tags stay in place",
+    )
+    g.add_argument(
+        "--dataset_repeats",
+        type=int,
+        default=DDPM.dataset_repeats,
+        help="each image N times per epoch (N_name subfolders multiply it)",
+    )
+    g.add_argument(
+        "--enable_bucket",
+        action="store_true",
+        help="aspect-ratio buckets of about --resolution^2 pixels instead of square crops",
+    )
+    g.add_argument("--min_bucket_reso", type=int, default=DDPM.min_bucket_reso)
+    g.add_argument("--max_bucket_reso", type=int, default=DDPM.max_bucket_reso)
+    g.add_argument("--bucket_reso_steps", type=int, default=DDPM.bucket_reso_steps, help="bucket sides' multiple")
+    g.add_argument("--bad_images", default=DDPM.bad_images, choices=["error", "skip"],
+                   help="unreadable, too small or uncaptioned images: stop before training, or leave them out")  # fmt: skip
+
+
 def add_lora_args(parser: argparse.ArgumentParser, text_encoder: bool) -> None:
     g = parser.add_argument_group("LoRA")
     g.add_argument("--rank", type=int, default=DDPM.rank)

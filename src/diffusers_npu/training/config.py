@@ -112,12 +112,32 @@ class DDPMConfig(TrainConfig):
     noise_offset: float = 0.0
     rank: int = 4  # LoRA scripts only
     lora_alpha: int | None = None
+    # image-caption data (kohya's flag names): caption files, caption options, repeats, buckets, bad files
+    caption_extension: str | None = None
+    caption_dropout_rate: float = 0.0
+    shuffle_caption: bool = False
+    keep_tokens: int = 0
+    dataset_repeats: int = 1
+    enable_bucket: bool = False
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bad_images: str = "error"
 
     def _checks(self) -> list[tuple[object, str]]:
+        step = self.bucket_reso_steps
+        varying = self.caption_dropout_rate > 0 or self.shuffle_caption
         return super()._checks() + [
             (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
             (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
-        ]
+            (0.0 <= self.caption_dropout_rate <= 1.0, "--caption_dropout_rate must be in [0, 1]"),
+            (self.keep_tokens >= 0 and self.dataset_repeats >= 1, "--keep_tokens must be >= 0 and --dataset_repeats >= 1"),
+            (self.bad_images in ("error", "skip"), f"--bad_images {self.bad_images!r}: use error or skip"),
+            (not self.enable_bucket or (step > 0 and step % 8 == 0), f"--bucket_reso_steps {step} must be a positive multiple of 8 (the VAE downsamples by 8)"),
+            (not self.enable_bucket or (self.min_bucket_reso % step == 0 and self.max_bucket_reso % step == 0 and 0 < self.min_bucket_reso <= self.resolution <= self.max_bucket_reso),
+             f"--min_bucket_reso {self.min_bucket_reso} <= --resolution {self.resolution} <= --max_bucket_reso {self.max_bucket_reso}, both multiples of --bucket_reso_steps {step}"),
+            (not (self.cache_latents and varying), "--cache_latents stores one text embedding per image; it cannot be combined with --caption_dropout_rate or --shuffle_caption"),
+        ]  # fmt: skip
 
 
 # diffusers.training_utils.compute_density_for_timestep_sampling / compute_loss_weighting_for_sd3 names.

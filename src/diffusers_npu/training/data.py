@@ -2,9 +2,12 @@
 
 Sources (``load_image_text_dataset``): a hub dataset name; a local directory written by ``save_to_disk``; a
 directory of parquet files with image and text columns (the reference's offline pokemon layout); an
-imagefolder with ``metadata.jsonl``. Images are decoded here, not by ``datasets``, so a corrupt file is reported
-by its index. Transforms use PIL only (no torchvision): resize the shorter side, crop, scale to [-1, 1].
-Crops are deterministic per (seed, index), so a resumed run sees exactly the pixels an uninterrupted one does.
+imagefolder with ``metadata.jsonl`` / ``metadata.csv``; a folder of images with caption files beside them
+(kohya's layout, training/captions.py). Images are checked before training (training/image_check.py) and
+decoded here, not by ``datasets``. Transforms use PIL only (no torchvision): resize to cover the target shape
+(``--resolution`` square, or the image's aspect-ratio bucket), crop, scale to [-1, 1]. Crops are deterministic
+per (seed, index) and captions per (seed, epoch, position), so a resumed run sees exactly what an uninterrupted
+one does.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import UserError, cli_entry
+from .buckets import Shape, cover_and_crop
+from .captions import CaptionOptions, as_caption_list, caption_rng, choose_caption, scan_caption_folder
+
+logger = logging.getLogger("diffusers_npu.train")
+NO_CAPTION_OPTIONS = CaptionOptions()
 
 IMAGE_COLUMNS = ("image", "img", "images", "file_name")
 CAPTION_COLUMNS = ("text", "caption", "captions", "prompt", "additional_feature")
@@ -32,11 +42,17 @@ INTERPOLATION = {
 }
 
 
-def _load_local(path: Path, cache_dir: str | None):
+def _load_local(path: Path, cache_dir: str | None, caption_extension: str | None):
     import datasets
 
     if not path.exists():
         raise UserError(f"--train_data_dir {path} does not exist; pass a directory with images or a saved dataset")
+    metadata = any((path / f"metadata.{ext}").is_file() for ext in ("jsonl", "csv", "parquet"))
+    if caption_extension is not None or (path.is_dir() and not metadata and any(path.rglob("*.txt"))):
+        rows = scan_caption_folder(path, caption_extension or ".txt")  # kohya's layout: captions beside images
+        if not rows:
+            raise UserError(f"--train_data_dir {path} holds no images beside caption files; add PNG/JPEG images")
+        return rows
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         ds = datasets.load_from_disk(str(path))
         return ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
@@ -82,17 +98,21 @@ def load_image_text_dataset(
     dataset_config_name: str | None = None,
     cache_dir: str | None = None,
     max_train_samples: int | None = None,
+    caption_extension: str | None = None,
 ):
-    """Return ``(hf_dataset, image_column, caption_column)``; images are left undecoded."""
+    """Return ``(rows, image_column, caption_column)``: a ``datasets.Dataset`` with its images left undecoded, or
+    for a caption-file folder a list of ``{"image", "text", "repeats"}`` rows."""
     import datasets
 
     if dataset_name is None and train_data_dir is None:
         raise UserError("no data: pass --dataset_name (hub) or --train_data_dir (local directory)")
     ds = (
-        _load_local(Path(train_data_dir), cache_dir)
+        _load_local(Path(train_data_dir), cache_dir, caption_extension)
         if train_data_dir
         else _load_hub(dataset_name, dataset_config_name, cache_dir)
     )
+    if isinstance(ds, list):
+        return ds[:max_train_samples] if max_train_samples is not None else ds, "image", "text"
     image_col = _pick(ds.column_names, image_column, IMAGE_COLUMNS, "--image_column")
     caption_col = _pick(ds.column_names, caption_column, CAPTION_COLUMNS, "--caption_column")
     if isinstance(ds.features.get(image_col), datasets.Image):
@@ -116,71 +136,114 @@ def _decode(value, index: int) -> Image.Image:
         image.load()
         return image.convert("RGB")
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
-        raise UserError(f"image {index} of the dataset cannot be decoded ({err}); remove or replace it") from None
+        name = value if isinstance(value, str) else (value.get("path") if isinstance(value, dict) else None)
+        raise UserError(
+            f"image {name or index} of the dataset cannot be decoded ({err}); remove or replace it"
+        ) from None
 
 
-def _caption(value, index: int) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return value[0]  # several captions per image: the first, deterministically
-    raise UserError(f"caption {index} of the dataset is {type(value).__name__}, not text; check --caption_column")
+def _captions(value, index: int) -> list[str]:
+    captions = as_caption_list(value)
+    if not captions:
+        raise UserError(f"caption {index} of the dataset is {type(value).__name__}, not text; check --caption_column")
+    return captions
 
 
 class ImageCaptionDataset(torch.utils.data.Dataset):
-    """Items: ``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ``original_size`` and ``crop_top_left``
-    (height, width order, for SDXL's micro-conditioning) and ``index``."""
+    """Items: ``pixel_values`` (3, H, W) in [-1, 1], ``caption``, ``original_size`` and ``crop_top_left``
+    (height, width order, for SDXL's micro-conditioning) and ``index``.
+
+    Positions: row ``i`` appears ``repeats x rows[i]["repeats"]`` times (kohya's ``N_name`` folders and
+    ``--dataset_repeats``). ``shapes[position]`` is its training (height, width); default ``resolution`` square.
+    Items are fetched by position, or by ``(position, epoch)`` from a :class:`~.buckets.BucketBatchSampler`, which
+    makes the caption (several per image, dropout, tag shuffle: ``captions``) a choice of that epoch.
+    """
 
     def __init__(self, hf, image_column: str, caption_column: str, resolution: int, center_crop: bool = False,
-                 interpolation: str = "bilinear", seed: int = 0):  # fmt: skip
+                 interpolation: str = "bilinear", seed: int = 0, *, captions: CaptionOptions = NO_CAPTION_OPTIONS,
+                 repeats: int = 1, shapes: list[Shape] | None = None):  # fmt: skip
         if interpolation not in INTERPOLATION:
             raise UserError(
                 f"--image_interpolation_mode {interpolation!r} unknown; choose one of {', '.join(INTERPOLATION)}"
             )
         self.hf, self.image_column, self.caption_column = hf, image_column, caption_column
         self.resolution, self.center_crop, self.seed = resolution, center_crop, seed
-        self.interpolation = INTERPOLATION[interpolation]
+        self.interpolation, self.captions = INTERPOLATION[interpolation], captions
+        per_row = [r.get("repeats", 1) for r in hf] if isinstance(hf, list) else [1] * len(hf)
+        self.rows = [i for i, n in enumerate(per_row) for _ in range(n * repeats)]  # position -> row
+        self.shapes = shapes or [(resolution, resolution)] * len(self.rows)
 
     def __len__(self) -> int:
-        return len(self.hf)
+        return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict:
-        row = self.hf[int(index)]
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        position, epoch = key if isinstance(key, tuple) else (key, 0)
+        index = self.rows[int(position)]
+        row = self.hf[index]
         image = _decode(row[self.image_column], index)
         original = (image.height, image.width)
-        r = self.resolution
-        scale = r / min(image.size)
-        size = (max(r, round(image.width * scale)), max(r, round(image.height * scale)))
-        image = image.resize(size, self.interpolation)
+        (h, w) = self.shapes[int(position)]
+        (rh, rw), (max_top, max_left) = cover_and_crop(image.height, image.width, (h, w))
+        image = image.resize((rw, rh), self.interpolation)
         if self.center_crop:
-            top, left = (image.height - r) // 2, (image.width - r) // 2
+            top, left = max_top // 2, max_left // 2
         else:
             rng = random.Random(self.seed * 1_000_003 + int(index))
-            top, left = rng.randint(0, image.height - r), rng.randint(0, image.width - r)
-        width = image.width
-        image = image.crop((left, top, left + r, top + r))
+            top, left = rng.randint(0, max_top), rng.randint(0, max_left)
+        image = image.crop((left, top, left + w, top + h))
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
+        captions = _captions(row[self.caption_column], index)
         return {
             "pixel_values": pixels,
-            "caption": _caption(row[self.caption_column], index),
+            "caption": choose_caption(captions, self.captions, caption_rng(self.seed, epoch, int(position))),
             "original_size": original,
             "crop_top_left": (top, left),
             # Where this crop sits in the mirrored image: SDXL's crop conditioning after --random_flip.
-            "flipped_crop_top_left": (top, width - r - left),
+            "flipped_crop_top_left": (top, rw - w - left),
             "index": int(index),
         }
 
 
 def image_caption_dataset(cfg) -> ImageCaptionDataset:
-    """The image-caption dataset a config's data flags name (``--dataset_name`` / ``--train_data_dir``, columns,
-    ``--max_train_samples``), with its resolution and crop settings: the text-to-image recipes' data."""
-    hf, image_col, caption_col = load_image_text_dataset(
+    """The text-to-image recipes' data, as a config's data flags say: the source (``--dataset_name`` /
+    ``--train_data_dir``, columns, ``--caption_extension``, ``--max_train_samples``), every image checked first
+    (``--bad_images``), repeats, caption options and, with ``--enable_bucket``, each image's bucket shape."""
+    from accelerate import PartialState
+
+    from . import buckets, image_check
+
+    rows, image_col, caption_col = load_image_text_dataset(
         cfg.dataset_name, cfg.train_data_dir, cfg.image_column, cfg.caption_column,
-        cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples,
+        cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples, cfg.caption_extension,
     )  # fmt: skip
-    return ImageCaptionDataset(
-        hf, image_col, caption_col, cfg.resolution, cfg.center_crop, cfg.image_interpolation_mode, cfg.seed
-    )
+    min_side = cfg.min_bucket_reso if cfg.enable_bucket else None
+    checked = image_check.check_images(rows, image_col, caption_col, min_side)
+    keep = image_check.apply_policy(checked, cfg.bad_images)
+    if len(keep) < len(rows):
+        rows = [rows[i] for i in keep] if isinstance(rows, list) else rows.select(keep)
+    if not len(rows):
+        raise UserError("no training images are left after --bad_images skip; check the dataset")
+    options = CaptionOptions(cfg.caption_dropout_rate, cfg.shuffle_caption, cfg.keep_tokens)
+    dataset = ImageCaptionDataset(rows, image_col, caption_col, cfg.resolution, cfg.center_crop,
+                                  cfg.image_interpolation_mode, cfg.seed, captions=options, repeats=cfg.dataset_repeats)  # fmt: skip
+    if cfg.enable_bucket:
+        table = buckets.bucket_shapes(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps)
+        sizes = [checked.sizes[i] for i in keep]
+        dataset.shapes = [buckets.nearest_bucket(table, *sizes[row]) for row in dataset.rows]
+    if PartialState().is_main_process:
+        for (h, w), count in sorted(Counter(dataset.shapes).items()):
+            logger.info("bucket %dx%d (width x height): %d images", w, h, count)
+    return dataset
+
+
+def bucket_sampler(dataset: ImageCaptionDataset, batch_size: int, num_replicas: int, seed: int):
+    """Same-shape batches of ``dataset`` (its ``shapes``) in rank-aligned groups: the text-to-image loader order."""
+    from .buckets import BucketBatchSampler
+
+    positions: dict[Shape, list[int]] = {}
+    for position, shape in enumerate(dataset.shapes):
+        positions.setdefault(shape, []).append(position)
+    return BucketBatchSampler(positions, batch_size, num_replicas, seed)
 
 
 def collate(examples: list[dict]) -> dict:

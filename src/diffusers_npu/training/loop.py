@@ -69,16 +69,27 @@ class RunStats:
         )
 
 
-def _cache_encodings(recipe: Recipe, dataset, cfg: TrainConfig) -> list[dict]:
-    """--cache_latents: run the frozen encoders once over the dataset; later epochs reuse the results."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, collate_fn=recipe.collate)
+class _Cached(torch.utils.data.Dataset):
+    """Encoded examples by position; a ``(position, epoch)`` key from a batch sampler reads the position."""
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        return self.examples[key[0] if isinstance(key, tuple) else key]
+
+
+def _cache_encodings(recipe: Recipe, dataset, cfg: TrainConfig) -> _Cached:
+    """--cache_latents: run the frozen encoders once over the dataset (epoch 0's captions); later epochs reuse them.
+    Examples are encoded one at a time, so examples of different shapes (buckets) never share a batch."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=recipe.collate)
     cached = []
     for batch in tqdm(loader, desc="caching latents", disable=not sys.stderr.isatty()):
-        encoded = recipe.encode_batch(batch)
-        batch_size = next(iter(encoded.values())).shape[0]
-        for i in range(batch_size):
-            cached.append({k: v[i].detach().cpu() for k, v in encoded.items()})
-    return cached
+        cached.append({k: v[0].detach().cpu() for k, v in recipe.encode_batch(batch).items()})
+    return _Cached(cached)
 
 
 def _stack(examples: list[dict]) -> dict:
@@ -119,14 +130,19 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     recipe.load()
     recipe.prepare(accelerator.device, device.kind, weight_dtype)
     dataset = recipe.build_dataset()
+    batches = recipe.batch_sampler(dataset, accelerator.num_processes)
     if cfg.cache_latents:
         dataset = _cache_encodings(recipe, dataset, cfg)
+    order = (
+        {"batch_sampler": batches} if batches is not None else {"batch_size": cfg.train_batch_size, "shuffle": True}
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=_stack if cfg.cache_latents else recipe.collate,
+        dataset, **order, collate_fn=_stack if cfg.cache_latents else recipe.collate,
+        # Its own generator, also under a batch sampler: creating a loader iterator (as resuming does) draws a
+        # worker base seed from it, and must not draw from the global RNG (torch/utils/data/dataloader.py).
+        generator=torch.Generator().manual_seed(cfg.seed),
         num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
         persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
-        # Its own generator: creating a loader iterator (as resuming does) must not draw from the global RNG.
-        generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     loader = accelerator.prepare(loader)  # first, so the step count below is per process
     if len(loader) == 0:

@@ -32,6 +32,10 @@ class Recipe(Protocol):
     def build_dataset(self) -> torch.utils.data.Dataset:
         """The training examples (after ``prepare``: DreamBooth may generate class images with the model)."""
 
+    def batch_sampler(self, dataset: torch.utils.data.Dataset, num_replicas: int) -> Any | None:
+        """The batch order (a batch sampler with ``set_epoch``, e.g. buckets.BucketBatchSampler), or None for the
+        loop's seeded shuffle of single examples. ``num_replicas``: processes sharing the batches."""
+
     def collate(self, examples: list[dict]) -> dict:
         """A batch from dataset examples (the ``DataLoader``'s ``collate_fn``)."""
 

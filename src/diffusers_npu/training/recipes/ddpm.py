@@ -40,6 +40,7 @@ class DDPMRecipe:
         from .. import args
 
         args.add_ddpm_args(parser)
+        args.add_image_data_args(parser)
         if cls.lora:
             args.add_lora_args(parser, text_encoder=False)
 
@@ -94,6 +95,9 @@ class DDPMRecipe:
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         return data.image_caption_dataset(self.cfg)
+
+    def batch_sampler(self, dataset: data.ImageCaptionDataset, num_replicas: int):
+        return data.bucket_sampler(dataset, self.cfg.train_batch_size, num_replicas, self.cfg.seed)
 
     def collate(self, examples: list[dict]) -> dict:
         return data.collate(examples)

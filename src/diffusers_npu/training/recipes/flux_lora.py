@@ -190,6 +190,9 @@ class FluxLoRARecipe:
     def make_ema(self) -> None:
         return None  # LoRA: no EMA
 
+    def batch_sampler(self, dataset: DreamBoothDataset, num_replicas: int) -> None:
+        return None  # square images: the loop's seeded shuffle
+
     def collate(self, examples: list[dict]) -> dict:
         return DreamBoothDataset.collate(examples)
 

@@ -46,10 +46,10 @@ class SDXLRecipe(DDPMRecipe):
             out = encoder(ids.to(self.device), output_hidden_states=True, return_dict=False)
             pooled = out[0]  # the last encoder's projected pooled output, (B, C2)
             hidden_states.append(out[-1][-2])  # (B, 77, Ci)
-        res = self.cfg.resolution
+        target = torch.tensor([batch["pixel_values"].shape[-2:]])  # (1, 2): the bucket's (height, width)
         # add_time_ids = original size + crop top-left + target size (diffusers compute_time_ids).
         time_ids = torch.cat(
-            [batch["original_sizes"], batch["crop_top_lefts"], torch.tensor([[res, res]]).expand(len(captions), 2)],
+            [batch["original_sizes"], batch["crop_top_lefts"], target.expand(len(captions), 2)],
             dim=1,
         )
         return {
