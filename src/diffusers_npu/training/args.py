@@ -60,8 +60,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cache_latents",
         action="store_true",
-        help="compute VAE latents and text embeddings once; later epochs skip the encoders",
+        help="compute VAE latents and text embeddings once, in RAM; later epochs skip the encoders",
     )
+    g.add_argument(
+        "--cache_latents_to_disk",
+        action="store_true",
+        help="the same cache in sharded safetensors files that later runs reuse (kohya's name)",
+    )
+    g.add_argument("--latent_cache_dir", default=None,
+                   help="where --cache_latents_to_disk keeps its shards (default: OUTPUT_DIR/latent_cache)")  # fmt: skip
 
 
 def add_optim_args(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,8 @@ class TrainConfig:
     pin_memory: bool = False
     persistent_workers: bool = False
     cache_latents: bool = False
+    cache_latents_to_disk: bool = False
+    latent_cache_dir: str | None = None  # default: <output_dir>/latent_cache
     # optimization
     optimizer: str = "adamw"
     learning_rate: float = 1e-4
@@ -96,7 +98,13 @@ class TrainConfig:
             (self.num_train_epochs >= 1, "--num_train_epochs must be >= 1"),
             (self.checkpointing_steps >= 1, "--checkpointing_steps must be >= 1"),
             (self.mixed_precision in ("no", "fp16", "bf16"), f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16"),
+            (not (self.caches and self.random_flip), "--random_flip cannot be combined with --cache_latents / --cache_latents_to_disk (a cached latent has one orientation); drop one"),
         ]  # fmt: skip
+
+    @property
+    def caches(self) -> bool:
+        """Whether the encoders' output is cached (in RAM or on disk) instead of computed every step."""
+        return self.cache_latents or self.cache_latents_to_disk
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,8 @@ class DDPMConfig(TrainConfig):
             (not self.enable_bucket or (step > 0 and step % 8 == 0), f"--bucket_reso_steps {step} must be a positive multiple of 8 (the VAE downsamples by 8)"),
             (not self.enable_bucket or (self.min_bucket_reso % step == 0 and self.max_bucket_reso % step == 0 and 0 < self.min_bucket_reso <= self.resolution <= self.max_bucket_reso),
              f"--min_bucket_reso {self.min_bucket_reso} <= --resolution {self.resolution} <= --max_bucket_reso {self.max_bucket_reso}, both multiples of --bucket_reso_steps {step}"),
-            (not (self.cache_latents and varying), "--cache_latents stores one text embedding per image; it cannot be combined with --caption_dropout_rate or --shuffle_caption"),
+            (not (self.caches and varying), "--cache_latents stores one text embedding per image; it cannot be combined with --caption_dropout_rate or --shuffle_caption"),
+            (not (self.caches and self.proportion_empty_prompts > 0), "--cache_latents stores one text embedding per image; it cannot be combined with --proportion_empty_prompts"),
         ]  # fmt: skip
 
 

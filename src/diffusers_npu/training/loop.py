@@ -23,6 +23,7 @@ from .. import checkpoint, devices, optim
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
+from . import latent_cache
 from .config import TrainConfig
 from .recipe import Recipe
 
@@ -69,29 +70,6 @@ class RunStats:
         )
 
 
-class _Cached(torch.utils.data.Dataset):
-    """Encoded examples by position; a ``(position, epoch)`` key from a batch sampler reads the position."""
-
-    def __init__(self, examples: list[dict]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        return self.examples[key[0] if isinstance(key, tuple) else key]
-
-
-def _cache_encodings(recipe: Recipe, dataset, cfg: TrainConfig) -> _Cached:
-    """--cache_latents: run the frozen encoders once over the dataset (epoch 0's captions); later epochs reuse them.
-    Examples are encoded one at a time, so examples of different shapes (buckets) never share a batch."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=recipe.collate)
-    cached = []
-    for batch in tqdm(loader, desc="caching latents", disable=not sys.stderr.isatty()):
-        cached.append({k: v[0].detach().cpu() for k, v in recipe.encode_batch(batch).items()})
-    return _Cached(cached)
-
-
 def _stack(examples: list[dict]) -> dict:
     return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
 
@@ -131,13 +109,23 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     recipe.prepare(accelerator.device, device.kind, weight_dtype)
     dataset = recipe.build_dataset()
     batches = recipe.batch_sampler(dataset, accelerator.num_processes)
-    if cfg.cache_latents:
-        dataset = _cache_encodings(recipe, dataset, cfg)
+    if cfg.cache_latents_to_disk:
+        folder = Path(cfg.latent_cache_dir or out / "latent_cache")
+        dataset = latent_cache.build_disk_cache(
+            dataset, recipe.collate, recipe.encode_batch, folder, recipe.cache_identity(),
+            accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone, cfg.dataloader_num_workers,
+        )  # fmt: skip
+    elif cfg.cache_latents:
+        dataset = latent_cache.encode_in_memory(
+            dataset, recipe.collate, recipe.encode_batch, cfg.dataloader_num_workers
+        )
+    if cfg.caches:  # training draws the same random numbers whether the cache was built now or found on disk
+        set_seed(cfg.seed)
     order = (
         {"batch_sampler": batches} if batches is not None else {"batch_size": cfg.train_batch_size, "shuffle": True}
     )
     loader = torch.utils.data.DataLoader(
-        dataset, **order, collate_fn=_stack if cfg.cache_latents else recipe.collate,
+        dataset, **order, collate_fn=_stack if cfg.caches else recipe.collate,
         # Its own generator, also under a batch sampler: creating a loader iterator (as resuming does) draws a
         # worker base seed from it, and must not draw from the global RNG (torch/utils/data/dataloader.py).
         generator=torch.Generator().manual_seed(cfg.seed),
@@ -223,7 +211,7 @@ def _micro_step(run: Run, batch: dict) -> torch.Tensor:
     cfg, acc, recipe = run.cfg, run.accelerator, run.recipe
     zero_grad_kwargs = optim.get_spec(cfg.optimizer).zero_grad_kwargs
     with acc.accumulate(run.model):
-        encoded = batch if cfg.cache_latents else recipe.encode_batch(batch)
+        encoded = batch if cfg.caches else recipe.encode_batch(batch)
         with acc.autocast():
             loss = recipe.per_sample_loss(run.model, encoded).mean()
         acc.backward(loss)

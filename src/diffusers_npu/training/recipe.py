@@ -43,6 +43,10 @@ class Recipe(Protocol):
         """The frozen part of a step (VAE, text encoders), under no_grad. Its tensors' first dimension is the
         batch: with ``--cache_latents`` the loop stores them per example and stacks them back."""
 
+    def cache_identity(self) -> str:
+        """Everything besides the example that decides ``encode_batch``'s output (model, revision, precision...):
+        part of the disk cache's keys, so a cache made by other encoders is never reused."""
+
     def trainable_model(self) -> torch.nn.Module:
         """The one module the loop hands to accelerate (DDP, compile) and to the hooks below."""
 

@@ -7,6 +7,7 @@ how captions are encoded and how the UNet is called; none of them owns a loop.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -101,6 +102,11 @@ class DDPMRecipe:
 
     def collate(self, examples: list[dict]) -> dict:
         return data.collate(examples)
+
+    def cache_identity(self) -> str:
+        cfg = self.cfg
+        return json.dumps([type(self).__name__, self.model_path, cfg.revision, cfg.variant,
+                           cfg.pretrained_vae_model_name_or_path, str(self.weight_dtype)])  # fmt: skip
 
     def trainable_model(self) -> torch.nn.Module:
         return self.unet

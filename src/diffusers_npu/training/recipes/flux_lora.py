@@ -15,6 +15,7 @@ The hooks follow diffusers' ``train_dreambooth_lora_flux.py`` and its MindONE po
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import ClassVar
@@ -180,6 +181,11 @@ class FluxLoRARecipe:
         if PartialState().is_main_process:
             for line in precision_plan(modules, weight_dtype):
                 logger.info(line)
+
+    def cache_identity(self) -> str:
+        cfg = self.cfg
+        return json.dumps([type(self).__name__, self.model_path, cfg.revision, cfg.variant, str(self.weight_dtype),
+                           cfg.max_sequence_length, cfg.train_text_encoder])  # fmt: skip
 
     def trainable_model(self) -> torch.nn.Module:
         return self.denoiser
