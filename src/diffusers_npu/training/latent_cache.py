@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
@@ -99,6 +100,7 @@ def build_disk_cache(dataset, collate: Callable, encode: Callable, folder: Path,
                      world: int, barrier: Callable[[], None], workers: int = 0) -> DiskCached:  # fmt: skip
     """``--cache_latents_to_disk``: this rank keys its share of ``dataset``, encodes what the cache lacks, and
     writes shards; after ``barrier`` every rank reads every rank's keys. Returns the training dataset."""
+    start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     index = read_index(folder)
     mine = list(range(rank, len(dataset), world))
@@ -117,8 +119,9 @@ def build_disk_cache(dataset, collate: Callable, encode: Callable, folder: Path,
     if pending:
         _write_shard(folder, rank, pending)
     (folder / f"keys-r{rank}-of-{world}.json").write_text(json.dumps({str(p): k for p, k in keys.items()}))
-    logger.info("latent cache %s: rank %d encoded %d of its %d examples, reused %d", folder, rank, encoded,
-                len(mine), len(mine) - encoded)  # fmt: skip
+    elapsed_s = time.perf_counter() - start
+    logger.info("latent cache %s: rank %d encoded %d of its %d examples, reused %d, in %.1f s (%.1f examples/s)",
+                folder, rank, encoded, len(mine), len(mine) - encoded, elapsed_s, len(mine) / elapsed_s)  # fmt: skip
     barrier()
     all_keys: dict[int, str] = {}
     for r in range(world):
