@@ -86,27 +86,11 @@ def _check_trackers(report_to: str | None) -> None:
             raise UserError(f"--report_to {report_to} needs {name}: pip install {TRACKER_PACKAGES[name][0]}")
 
 
-def _setup(recipe: Recipe, cfg: TrainConfig):
-    """Everything before the first step: accelerator, models, data, optimizer, schedule, resume."""
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
+def _data_loader(recipe: Recipe, cfg: TrainConfig, accelerator, device: devices.Device, out: Path):
+    """The recipe's dataset (cached, with --cache_latents / --cache_latents_to_disk) in its batch order, prepared
+    by accelerate (each process gets its share)."""
+    from accelerate.utils import set_seed
 
-    device = devices.get_device(cfg.device)
-    out = Path(cfg.output_dir)
-    _check_trackers(cfg.report_to)
-    resume = checkpoint.resolve_resume(out, cfg.resume_from_checkpoint)
-    if resume is not None:
-        checkpoint.verify_checkpoint(resume)  # fail before any work, and before anything is written
-    accelerator = devices.build_accelerator(
-        device, cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.loss_scale, cfg.init_loss_scale,
-        log_with=cfg.report_to, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )  # fmt: skip
-    set_seed(cfg.seed)
-    weight_dtype = devices.parse_dtype(cfg.mixed_precision)
-    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
-    recipe.load()
-    recipe.prepare(accelerator.device, device.kind, weight_dtype)
     dataset = recipe.build_dataset()
     batches = recipe.batch_sampler(dataset, accelerator.num_processes)
     if cfg.cache_latents_to_disk:
@@ -132,11 +116,36 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
         num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
         persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
     )  # fmt: skip
-    loader = accelerator.prepare(loader)  # first, so the step count below is per process
+    loader = accelerator.prepare(loader)  # first, so the step count is per process
     if len(loader) == 0:
         raise UserError(
             f"the dataset has fewer samples than one batch per process; lower --train_batch_size ({cfg.train_batch_size})"
         )
+    return loader
+
+
+def _setup(recipe: Recipe, cfg: TrainConfig):
+    """Everything before the first step: accelerator, models, data, optimizer, schedule, resume."""
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    device = devices.get_device(cfg.device)
+    out = Path(cfg.output_dir)
+    _check_trackers(cfg.report_to)
+    resume = checkpoint.resolve_resume(out, cfg.resume_from_checkpoint)
+    if resume is not None:
+        checkpoint.verify_checkpoint(resume)  # fail before any work, and before anything is written
+    accelerator = devices.build_accelerator(
+        device, cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.loss_scale, cfg.init_loss_scale,
+        log_with=cfg.report_to, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )  # fmt: skip
+    set_seed(cfg.seed)
+    weight_dtype = devices.parse_dtype(cfg.mixed_precision)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+    recipe.load()
+    recipe.prepare(accelerator.device, device.kind, weight_dtype)
+    loader = _data_loader(recipe, cfg, accelerator, device, out)
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
