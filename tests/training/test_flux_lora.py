@@ -152,7 +152,7 @@ BAD_INPUTS = {
     "prior without class prompt": (["--with_prior_preservation"], "--with_prior_preservation needs --class_data_dir"),
     "cache with text-encoder LoRA": (["--cache_text_embeddings", "--train_text_encoder"], "--cache_text_embeddings cannot"),
     "SD-only flag": (["--snr_gamma", "5"], "unrecognized arguments: --snr_gamma 5; see --help"),
-    "hub dataset instead of a folder": (["--dataset_name", "lambdalabs/pokemon-blip-captions"], "not --dataset_name"),
+    "hub dataset and a folder": (["--dataset_name", "lambdalabs/pokemon-blip-captions"], "either --dataset_name or --instance_data_dir"),
 }  # fmt: skip
 
 
@@ -185,3 +185,18 @@ def test_flux_lora_inference_script_applies_the_trained_lora(bf16_run, tmp_path)
         images[scale] = np.asarray(Image.open(png), dtype=np.int16)
         assert images[scale].shape == (32, 32, 3) and (out / "flux-lora.json").is_file()
     assert np.abs(images["1"] - images["0"]).max() > 0, "--lora_scale 1 must differ from 0"
+
+
+@pytest.mark.slow
+def test_per_image_caption_files_replace_the_instance_prompt(tmp_path, mixed, monkeypatch):
+    from diffusers_npu.training.recipes.flux_lora import FluxLoRARecipe
+
+    seen = []
+    encode = FluxLoRARecipe._run_text_encoders
+    monkeypatch.setattr(FluxLoRARecipe, "_run_text_encoders", lambda self, c: seen.extend(c) or encode(self, c))
+    main = runpy.run_path(str(SCRIPT), run_name="example")["main"]
+    flags = common_flags(mixed, tmp_path / "out")
+    main([*flags, "--caption_extension", ".txt", "--mixed_precision", "no", "--train_batch_size", "2"])
+    files = {p.read_text().strip() for p in mixed.glob("*.txt")}
+    assert seen and set(seen) <= files and PROMPT not in seen, seen
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()

@@ -208,7 +208,17 @@ def add_dreambooth_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder of the subject's images; unset: --train_data_dir (--local_data_dir)",
     )
-    g.add_argument("--instance_prompt", default=None, help="prompt naming the subject, e.g. 'a photo of sks dog'")
+    g.add_argument(
+        "--instance_prompt",
+        default=None,
+        help="prompt naming the subject, e.g. 'a photo of sks dog'; every image's caption unless the "
+        "data has its own (--dataset_name with --caption_column, or --caption_extension files)",
+    )
+    g.add_argument(
+        "--caption_extension",
+        default=None,
+        help="per-image captions from files beside the instance images (kohya's layout), e.g. .txt",
+    )
     g.add_argument("--class_data_dir", default=None, help="class images; missing ones are generated here")
     g.add_argument("--class_prompt", default=None, help="prompt of the subject's class, e.g. 'a photo of a dog'")
     g.add_argument(

@@ -178,10 +178,17 @@ class FluxLoRAConfig(TrainConfig):
     max_sequence_length: int = 512
     cache_text_embeddings: bool = False
     lora_layers: str | None = None
+    caption_extension: str | None = None  # kohya caption files beside the instance images
+
+    @property
+    def per_image_captions(self) -> bool:
+        """Captions from the data (upstream's --dataset_name / --caption_column, or caption files), not
+        --instance_prompt for every image."""
+        return bool(self.dataset_name or self.caption_column or self.caption_extension)
 
     def _checks(self) -> list[tuple[object, str]]:
         return super()._checks() + [
-            (self.dataset_name is None, "DreamBooth trains on a folder of images, not --dataset_name; pass --instance_data_dir DIR"),
+            (not (self.dataset_name and (self.instance_data_dir or self.train_data_dir)), "pass either --dataset_name or --instance_data_dir, not both"),
             (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
             (self.instance_prompt, "--instance_prompt is required, e.g. --instance_prompt 'a photo of sks dog'"),
             (self.weighting_scheme in WEIGHTING_SCHEMES, f"--weighting_scheme {self.weighting_scheme!r}: use one of {', '.join(WEIGHTING_SCHEMES)}"),
@@ -196,4 +203,5 @@ class FluxLoRAConfig(TrainConfig):
         super().validate()
         from .dreambooth_data import list_images
 
-        list_images(self.instance_data_dir or self.train_data_dir, "--instance_data_dir")  # before any model loads
+        if self.dataset_name is None:  # before any model loads
+            list_images(self.instance_data_dir or self.train_data_dir, "--instance_data_dir")

@@ -37,19 +37,22 @@ def list_images(folder: str | Path | None, flag: str, required: bool = True) -> 
     return images
 
 
+def folder_rows(images: list[Path], prompt: str, resolution: int, center_crop: bool, interpolation: str,
+                seed: int) -> data.ImageCaptionDataset:  # fmt: skip
+    """One prompt for every image of a folder (DreamBooth's instance or class images) as dataset rows."""
+    table = [{"image": str(p), "text": prompt} for p in images]
+    return data.ImageCaptionDataset(table, "image", "text", resolution, center_crop, interpolation, seed)
+
+
 class DreamBoothDataset(torch.utils.data.Dataset):
     """Items ``{"instance": row, "class": row or None}``; a row is an ``ImageCaptionDataset`` item
-    (``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ...). Batch with :meth:`collate`."""
+    (``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ...). Batch with :meth:`collate`.
 
-    def __init__(self, instance_images: list[Path], instance_prompt: str, class_images: list[Path] | None = None,
-                 class_prompt: str | None = None, resolution: int = 512, center_crop: bool = False,
-                 interpolation: str = "bilinear", seed: int = 0):  # fmt: skip
-        def rows(images: list[Path], prompt: str, row_seed: int) -> data.ImageCaptionDataset:
-            table = [{"image": str(p), "text": prompt} for p in images]
-            return data.ImageCaptionDataset(table, "image", "text", resolution, center_crop, interpolation, row_seed)
+    ``instance``: the subject's rows, one prompt for all (:func:`folder_rows`) or a caption per image (as
+    upstream's ``--caption_column``); ``klass``: the prior-preservation class rows, or None."""
 
-        self.instance = rows(instance_images, instance_prompt, seed)
-        self.klass = rows(class_images, class_prompt, seed + 1) if class_images else None
+    def __init__(self, instance: data.ImageCaptionDataset, klass: data.ImageCaptionDataset | None = None):
+        self.instance, self.klass = instance, klass
         self.length = max(len(self.instance), len(self.klass)) if self.klass else len(self.instance)
 
     def __len__(self) -> int:

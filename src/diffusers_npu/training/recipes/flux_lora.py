@@ -25,8 +25,9 @@ import torch
 from ... import attention, devices
 from ...errors import UserError
 from ...model_paths import resolve_model_path
+from .. import data
 from ..config import FluxLoRAConfig
-from ..dreambooth_data import DreamBoothDataset, ensure_class_images, list_images
+from ..dreambooth_data import DreamBoothDataset, ensure_class_images, folder_rows, list_images
 from .common import UNET_LORA_TARGETS, lora_config, per_sample_mse, pixels
 
 logger = logging.getLogger("diffusers_npu.train")
@@ -207,7 +208,16 @@ class FluxLoRARecipe:
         from accelerate import PartialState
 
         cfg = self.cfg
-        instance = list_images(cfg.instance_data_dir or cfg.train_data_dir, "--instance_data_dir")
+        image = (cfg.resolution, cfg.center_crop, cfg.image_interpolation_mode)
+        if cfg.per_image_captions:  # upstream's --dataset_name/--caption_column, or kohya caption files
+            rows, image_col, caption_col = data.load_image_text_dataset(
+                cfg.dataset_name, cfg.instance_data_dir or cfg.train_data_dir, cfg.image_column, cfg.caption_column,
+                cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples, cfg.caption_extension,
+            )  # fmt: skip
+            instance = data.ImageCaptionDataset(rows, image_col, caption_col, *image, cfg.seed)
+        else:
+            images = list_images(cfg.instance_data_dir or cfg.train_data_dir, "--instance_data_dir")
+            instance = folder_rows(images, cfg.instance_prompt, *image, cfg.seed)
         klass = None
         if cfg.with_prior_preservation:
             # The main process generates; the others wait and then find the images (LoRA B = 0: the base model).
@@ -217,8 +227,8 @@ class FluxLoRARecipe:
                     lambda: self._pipeline(self.transformer, self.text_encoder),
                     cfg.resolution, cfg.sample_batch_size, cfg.seed,
                 )  # fmt: skip
-        return DreamBoothDataset(instance, cfg.instance_prompt, klass, cfg.class_prompt, cfg.resolution,
-                                 cfg.center_crop, cfg.image_interpolation_mode, cfg.seed)  # fmt: skip
+        klass_rows = None if klass is None else folder_rows(klass, cfg.class_prompt, *image, cfg.seed + 1)
+        return DreamBoothDataset(instance, klass_rows)
 
     # ---- per step ----------------------------------------------------------------------------------
     @torch.no_grad()
