@@ -53,3 +53,34 @@ def test_torch_compile_traces_the_model_and_keeps_checkpoint_names(tmp_path, sha
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "torch.compile never traced the UNet"
     with safe_open(out / "checkpoint-2" / "model.safetensors", "pt") as f:
         assert not [k for k in f.keys() if "_orig_mod" in k]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [[], ["--cache_latents"]])
+def test_empty_prompts_are_drawn_every_step_also_from_a_cache(tmp_path, shapes, monkeypatch, cache):
+    import torch
+
+    from diffusers_npu.training import args, loop
+    from diffusers_npu.training.recipes.sd import SDRecipe
+
+    seen = []
+    predict = SDRecipe.predict
+    monkeypatch.setattr(
+        SDRecipe, "predict", lambda self, m, x, t, e: seen.append((self, e)) or predict(self, m, x, t, e)
+    )
+    argv = ["--train_data_dir", str(shapes), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
+            "--train_batch_size", "4", "--max_train_steps", "8", "--checkpointing_steps", "1000",
+            "--proportion_empty_prompts", "0.5", *cache]  # fmt: skip
+    cfg = args.parse_recipe_args(SDRecipe, "test", "tiny:sd15", argv)
+    loop.run(SDRecipe(cfg), cfg)
+    recipe = seen[0][0]
+    empty = recipe._empty_prompt["encoder_hidden_states"][0]
+    rows = [
+        (lat, bool(torch.equal(h, empty))) for _, e in seen for lat, h in zip(e["latents"], e["encoder_hidden_states"])
+    ]
+    assert len(rows) == 32 and 6 <= sum(d for _, d in rows) <= 26  # Binomial(32, 0.5)
+    if cache:  # the same cached image (same latents) is dropped at some steps and kept at others
+        outcomes = {}
+        for lat, dropped in rows:
+            outcomes.setdefault(lat.numpy().tobytes(), set()).add(dropped)
+        assert len(outcomes) == 8 and any(o == {True, False} for o in outcomes.values())

@@ -145,7 +145,6 @@ class DDPMConfig(TrainConfig):
             (not self.enable_bucket or (self.min_bucket_reso % step == 0 and self.max_bucket_reso % step == 0 and 0 < self.min_bucket_reso <= self.resolution <= self.max_bucket_reso),
              f"--min_bucket_reso {self.min_bucket_reso} <= --resolution {self.resolution} <= --max_bucket_reso {self.max_bucket_reso}, both multiples of --bucket_reso_steps {step}"),
             (not (self.caches and varying), "--cache_latents stores one text embedding per image; it cannot be combined with --caption_dropout_rate or --shuffle_caption"),
-            (not (self.caches and self.proportion_empty_prompts > 0), "--cache_latents stores one text embedding per image; it cannot be combined with --proportion_empty_prompts"),
         ]  # fmt: skip
 
 

@@ -86,6 +86,9 @@ class DDPMRecipe:
             self.unet.enable_gradient_checkpointing()
         attention.set_attention(self.unet, cfg.attention, device_kind, weight_dtype)
         self.unet.train()
+        if cfg.proportion_empty_prompts > 0:  # the empty prompt's embeddings, (1, ...), for _drop_prompts
+            with torch.no_grad():
+                self._empty_prompt = self.encode_text([""])
 
     def vae_in_fp32(self) -> bool:
         """Keep the VAE in fp32 whatever the mixed precision (SDXL's VAE overflows in fp16)."""
@@ -132,11 +135,30 @@ class DDPMRecipe:
         """Pixels to latents (with the random flip) and captions to embeddings: the frozen part of a step."""
         images = pixels(batch, self.device, self.vae.dtype, self.cfg.random_flip)
         latents = self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
-        captions = list(batch["captions"])
-        if self.cfg.proportion_empty_prompts > 0:
-            drop = torch.rand(len(captions)) < self.cfg.proportion_empty_prompts
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        return {"latents": latents.float(), **self.encode_text(captions, batch)}
+        return {
+            "latents": latents.float(),
+            **self.encode_text(list(batch["captions"])),
+            **self.micro_conditioning(batch),
+        }
+
+    def micro_conditioning(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-example conditioning besides the text (SDXL: size and crop ids); none for SD 1.x/2.x."""
+        return {}
+
+    def _drop_prompts(self, encoded: dict) -> dict:
+        """--proportion_empty_prompts, drawn every step (so also on cached encodings): a dropped example's text
+        embeddings become the empty prompt's, as diffusers' train_text_to_image*.py drop the caption itself. This
+        teaches the unconditional model that classifier-free guidance needs (Ho & Salimans 2022)."""
+        p = self.cfg.proportion_empty_prompts
+        if p <= 0:
+            return encoded
+        drop = (torch.rand(encoded["latents"].shape[0]) < p).to(self.device)  # (B,)
+        out = dict(encoded)
+        for key, empty in self._empty_prompt.items():
+            value = encoded[key].to(self.device)
+            keep = drop.view(-1, *[1] * (value.dim() - 1))
+            out[key] = torch.where(keep, empty.to(value.dtype).expand_as(value), value)
+        return out
 
     def per_sample_loss(self, model: torch.nn.Module, encoded: dict) -> torch.Tensor:
         """DDPM training loss (Ho et al., 2020) per example, (B,): noise the latents at random t, predict eps or v.
@@ -144,6 +166,7 @@ class DDPMRecipe:
         ``--noise_offset`` follows Guttenberg (2023, "Diffusion with Offset Noise"); ``--snr_gamma`` weights by
         Min-SNR-gamma (Hang et al., 2023).
         """
+        encoded = self._drop_prompts(encoded)
         latents = encoded["latents"].to(self.device)
         noise = torch.randn_like(latents)
         if self.cfg.noise_offset:

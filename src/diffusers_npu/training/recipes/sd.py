@@ -27,7 +27,7 @@ class SDRecipe(DDPMRecipe):
     def text_components(self) -> dict:
         return {"text_encoder": self.text_encoder, "tokenizer": self.tokenizer}
 
-    def encode_text(self, captions: list[str], batch: dict) -> dict:
+    def encode_text(self, captions: list[str]) -> dict:
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids  # fmt: skip
         hidden = self.text_encoder(ids.to(self.device), return_dict=False)[0]  # (B, 77, C)

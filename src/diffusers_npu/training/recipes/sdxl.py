@@ -37,7 +37,7 @@ class SDXLRecipe(DDPMRecipe):
         tok1, tok2 = self.tokenizers
         return {"text_encoder": te1, "text_encoder_2": te2, "tokenizer": tok1, "tokenizer_2": tok2}
 
-    def encode_text(self, captions: list[str], batch: dict) -> dict:
+    def encode_text(self, captions: list[str]) -> dict:
         """Penultimate hidden states of both encoders, concatenated; pooled output of the second."""
         hidden_states = []
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
@@ -46,17 +46,14 @@ class SDXLRecipe(DDPMRecipe):
             out = encoder(ids.to(self.device), output_hidden_states=True, return_dict=False)
             pooled = out[0]  # the last encoder's projected pooled output, (B, C2)
             hidden_states.append(out[-1][-2])  # (B, 77, Ci)
-        target = torch.tensor([batch["pixel_values"].shape[-2:]])  # (1, 2): the bucket's (height, width)
-        # add_time_ids = original size + crop top-left + target size (diffusers compute_time_ids).
-        time_ids = torch.cat(
-            [batch["original_sizes"], batch["crop_top_lefts"], target.expand(len(captions), 2)],
-            dim=1,
-        )
-        return {
-            "encoder_hidden_states": torch.cat(hidden_states, dim=-1),
-            "pooled": pooled.float(),
-            "time_ids": time_ids.float(),
-        }
+        return {"encoder_hidden_states": torch.cat(hidden_states, dim=-1), "pooled": pooled.float()}
+
+    def micro_conditioning(self, batch: dict) -> dict[str, torch.Tensor]:
+        """add_time_ids = original size + crop top-left + target size (diffusers ``compute_time_ids``), (B, 6); the
+        target is the batch's (bucket's) pixel size."""
+        n = batch["pixel_values"].shape[0]
+        target = torch.tensor([batch["pixel_values"].shape[-2:]]).expand(n, 2)  # (B, 2): (height, width)
+        return {"time_ids": torch.cat([batch["original_sizes"], batch["crop_top_lefts"], target], dim=1).float()}
 
     def predict(
         self, model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, encoded: dict
