@@ -104,7 +104,8 @@ def test_corrupt_image_names_the_image(tmp_path, capsys):
         "2",
     ]
     code, err = run_main("train_text_to_image.py", argv, capsys)
-    assert code == 2 and "cannot be decoded" in err, err[-2000:]
+    # named by its path before the first step (training/image_check.py), not mid-epoch by its index
+    assert code == 2 and "1 training image(s) unreadable" in err and "00001.png" in err, err[-2000:]
 
 
 @pytest.mark.slow
