@@ -74,8 +74,8 @@ def train(out: Path, steps: int, vae_steps: int, num_images: int, resolution: in
             "--max_train_steps", str(steps), "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
             "--lr_warmup_steps", str(max(1, steps // 20)), "--checkpointing_steps", str(steps), "--seed", str(seed),
             "--logging_steps", str(max(1, steps // 10)), "--cache_latents"]  # fmt: skip
-    cfg = args.parse(args.build_parser(__doc__, default_model="tiny:sd15"), argv)
-    return loop.run(SDRecipe(cfg, lora=False), cfg)
+    cfg = args.parse_recipe_args(SDRecipe, __doc__, "tiny:sd15", argv)
+    return loop.run(SDRecipe(cfg), cfg)
 
 
 def sample_grid(model_dir: Path, out_png: Path, resolution: int, seed: int) -> Path:
