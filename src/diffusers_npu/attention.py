@@ -7,7 +7,7 @@ q ``(B, H, Sq, D)``, k/v ``(B, H, Sk, D)``, out ``(B, H, Sq, D)``. ``mask`` is N
 UNet/VAE attention (diffusers ``Attention`` with the classic processors) gets :class:`KernelAttnProcessor`;
 models that route through diffusers' attention dispatcher (the FLUX transformer) get the kernel's dispatcher
 backend instead (:data:`DISPATCH_BACKENDS`). A processor per backend is never copied: diffusers' NPU copy
-dropped ``norm_q``/``norm_k`` (STYLE.md B3).
+dropped ``norm_q``/``norm_k``.
 """
 
 from __future__ import annotations

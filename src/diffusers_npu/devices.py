@@ -1,6 +1,6 @@
 """Device backends in one place: detection, precision, loss scaling, sync, seeds, memory.
 
-This is the only module that names ``torch_npu``, ``torch.npu`` or ``torch.cuda`` (STYLE.md B2; a test greps
+This is the only module that names ``torch_npu``, ``torch.npu`` or ``torch.cuda`` (a test greps
 for it). Everything else receives a :class:`Device` and calls its methods; device kinds elsewhere are plain
 strings (``"npu"``, ``"cuda"``, ``"cpu"``) used as data.
 """
@@ -25,7 +25,7 @@ KINDS = ("npu", "cuda", "cpu")
 DTYPES = {"fp32": torch.float32, "no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Which reduced precisions each kind can compute in. fp16 on CPU is refused rather than run: CPU fp16
-# kernels are slow and partial, and a silent fallback would hide it (STYLE.md B2, safe defaults).
+# kernels are slow and partial, and a silent fallback would hide it (diffusers' safe-defaults philosophy).
 _REDUCED_DTYPES = {
     "cpu": {torch.bfloat16},
     "cuda": {torch.float16, torch.bfloat16},

@@ -1,7 +1,7 @@
 """Optimizer registry (CLI word -> spec) and the one fused clip-grad-norm.
 
 Imports of optional optimizers are lazy; a missing one raises a one-line error naming the pip extra or the
-install step (STYLE.md B3). torch_npu entries are loaded through ``devices.npu_ops()``.
+install step. torch_npu entries are loaded through ``devices.npu_ops()``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Sampler names -> diffusers schedulers (one table), discretizations, and per-step noise for parity runs.
 
 ``--sampler NAME`` picks a :class:`SamplerSpec`: a diffusers scheduler class plus config overrides, applied as
-``Cls.from_config(pipe.scheduler.config, **overrides)`` (STYLE.md B3). Nothing here re-implements a sampler,
-with the two exceptions CLARIFICATIONS allows for cross-framework parity, both after k-diffusion
+``Cls.from_config(pipe.scheduler.config, **overrides)``. Nothing here re-implements a sampler,
+with two exceptions needed for cross-framework parity, both after k-diffusion
 (k_diffusion/sampling.py): ``dpm++2s-a`` (diffusers has no DPM++(2S) ancestral) and the Euler-ancestral step
 that takes its noise from a file (diffusers' draws it internally). Both are pure functions below.
 
-``--discretization`` sets the timestep grid the way MindONE's SDXL sampler names it (seed 000/003; upstream
-facts section 4a):
+``--discretization`` sets the timestep grid the way MindONE's SDXL sampler names it (mindspore-lab/mindone
+examples/stable_diffusion_xl, gm/modules/diffusionmodules/discretizer.py):
 
 - ``legacy``: MindONE's default ``LegacyDDPMDiscretization`` = diffusers ``timestep_spacing="trailing"``
   (t = 999, 974, ..., 24 for 40 steps; the two agree exactly when 1000 is a multiple of the step count).
@@ -248,7 +248,7 @@ class EulerAncestralWithStepNoise(diffusers.EulerAncestralDiscreteScheduler):
 
 
 _LOCAL_CLASSES = {"DPMPP2SAncestralScheduler": DPMPP2SAncestralScheduler}
-# Scheduler class name -> its variant that takes per-step noise (CLARIFICATIONS: DDIM, the DPM++ SDE
+# Scheduler class name -> its variant that takes per-step noise (DDIM, the DPM++ SDE
 # variants, euler_a; and dpm++2s-a, which is ours). Every other sampler refuses --init_noise_path.
 _WITH_STEP_NOISE = {
     "DDIMScheduler": DDIMWithStepNoise,

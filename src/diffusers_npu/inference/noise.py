@@ -1,6 +1,6 @@
 """Initial latents and per-step noise: read from ``.npy`` for cross-framework parity, or drawn as diffusers draws
-them, and written back with ``--dump_latents`` (MindONE's ``--init_latent_path`` / ``--init_noise_scheduler_path``,
-upstream facts section 4b).
+them, and written back with ``--dump_latents`` (MindONE's ``--init_latent_path`` / ``--init_noise_scheduler_path``
+in mindspore-lab/mindone examples/stable_diffusion_xl).
 
 File layouts, for a run of N images (prompts x images per prompt, in output order):
 

@@ -265,7 +265,7 @@ def add_flux_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# The reference port's flags (seed train_text_to_image.py L503-517; upstream-facts §3b) and diffusers'
+# The reference port's flags (Ascend ModelZoo diffusers 0.18.1 port, examples/text_to_image/train_text_to_image.py) and diffusers'
 # older ones, each an alias that sets a registry choice or a plain flag. One table, nowhere else.
 LEGACY_ALIASES: dict[str, tuple[str, object]] = {
     "--use_npu_fuse_adamW": ("optimizer", "npu_fused_adamw"),

@@ -1,8 +1,8 @@
 """FLUX.1 DreamBooth LoRA: rectified-flow training of PEFT LoRA layers on FluxTransformer2DModel (and CLIP).
 
-The hooks follow diffusers' ``train_dreambooth_lora_flux.py`` and its MindONE port (seed 004):
+The hooks follow diffusers' ``train_dreambooth_lora_flux.py`` and MindONE's FLUX.1 DreamBooth LoRA port:
 
-- Precision plan (seed 004 table): VAE, CLIP, T5 and the transformer's base weights are frozen in the mixed
+- Precision plan (MindONE's): VAE, CLIP, T5 and the transformer's base weights are frozen in the mixed
   precision (bf16 by default, fp16 selectable; fp32 with ``--mixed_precision no``); LoRA weights are kept in fp32
   (``cast_training_params``) and computed in the mixed precision under the loop's autocast. Logged at start.
 - Training pair: x_t = (1 - sigma) x_0 + sigma * noise, target = noise - x_0 (rectified flow; Esser et al. 2024,
