@@ -1,8 +1,12 @@
-"""Data sources the recipes read (save_to_disk, parquet, imagefolder), column checks, deterministic crops."""
+"""Data sources the recipes read (save_to_disk, parquet, imagefolder), column checks, deterministic crops, and
+the generated shapes dataset."""
 
 from __future__ import annotations
 
 import io
+import json
+import random
+from collections import Counter
 
 import datasets
 import numpy as np
@@ -128,3 +132,29 @@ def test_random_flip_moves_sdxl_crop_coordinates_to_the_mirrored_frame():
     flipped = out[:, 0, 0, 0] >= 100
     assert 0 < flipped.sum() < 8
     assert torch.equal(batch["crop_top_lefts"][:, 0] == 1, flipped)
+
+
+def _captions(path) -> Counter:
+    return Counter(json.loads(line)["text"] for line in (path / "metadata.jsonl").read_text().splitlines())
+
+
+def test_shapes_dataset_draws_every_combination_once_per_pass(tmp_path):
+    n = len(data.COMBOS)
+    counts = _captions(data.make_shapes_dataset(tmp_path / "all", num_images=2 * n + 1, resolution=16))
+    assert len(counts) == n and sorted(counts.values()) == [2] * (n - 1) + [3]  # random draws would repeat some
+    two = [("circle", "red", "white"), ("square", "blue", "black")]
+    counts = _captions(data.make_shapes_dataset(tmp_path / "two", num_images=5, resolution=16, combos=two))
+    assert set(counts) == {"a red circle on a white background", "a blue square on a black background"}
+    assert sorted(counts.values()) == [2, 3]
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_drawn_shapes_cover_the_centre_and_leave_the_corners(size):
+    """What the quickstart's colour check relies on, for every combination and many random sizes/positions."""
+    rng = random.Random(0)
+    for shape, colour, background in data.COMBOS:
+        for _ in range(20):
+            pixels = np.asarray(data.draw_shape(shape, colour, background, size, rng))
+            assert tuple(pixels[size // 2, size // 2]) == data.COLOURS[colour], (shape, colour, background)
+            for corner in (pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]):
+                assert tuple(corner) == data.BACKGROUNDS[background], (shape, colour, background)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import logging
 import random
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -262,34 +264,56 @@ def collate(examples: list[dict]) -> dict:
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
 BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15)}
 SHAPES = ("circle", "square", "triangle")
+# Every (shape, colour, background) the generator draws by default: 3 x 4 x 2 = 24 captions.
+COMBOS = tuple(itertools.product(SHAPES, COLOURS, BACKGROUNDS))
+# Shape half-size and centre offset, as fractions of the image side. The shape always covers the image centre
+# and leaves the corners to the background, so "centre colour" and "corner colour" read the caption back
+# (the quickstart's check, diffusers_npu.quickstart.read_colours).
+HALF_SIZE = (0.25, 0.35)
+MAX_OFFSET = 0.05
 
 
-def _draw(shape: str, colour: tuple, background: tuple, size: int, rng: random.Random) -> Image.Image:
-    image = Image.new("RGB", (size, size), background)
+def shape_caption(shape: str, colour: str, background: str) -> str:
+    """The caption of one generated image: ``a red circle on a white background``."""
+    return f"a {colour} {shape} on a {background} background"
+
+
+def draw_shape(shape: str, colour: str, background: str, size: int, rng: random.Random) -> Image.Image:
+    """One ``size`` x ``size`` image of ``shape`` in ``colour`` on ``background`` (names from COLOURS,
+    BACKGROUNDS, SHAPES), its size and position drawn from ``rng``."""
+    image = Image.new("RGB", (size, size), BACKGROUNDS[background])
     draw = ImageDraw.Draw(image)
-    half = rng.uniform(0.25, 0.4) * size
-    cx, cy = (rng.uniform(half, size - half) for _ in range(2))
-    box = (cx - half, cy - half, cx + half, cy + half)
+    half = rng.uniform(*HALF_SIZE) * size
+    cx, cy = (size / 2 + rng.uniform(-MAX_OFFSET, MAX_OFFSET) * size for _ in range(2))
     if shape == "circle":
-        draw.ellipse(box, fill=colour)
+        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=COLOURS[colour])
     elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=colour)
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=COLOURS[colour])
+    else:  # centroid at (cx, cy), so the centre lies well inside the triangle, not near its apex
+        apex, base = cy - half * 4 / 3, cy + half * 2 / 3
+        draw.polygon([(cx, apex), (cx - half, base), (cx + half, base)], fill=COLOURS[colour])
     return image
 
 
-def make_shapes_dataset(out: str | Path, num_images: int = 64, resolution: int = 64, seed: int = 0) -> Path:
-    """Write an imagefolder (PNGs + ``metadata.jsonl`` with ``text``) of captioned coloured shapes; return it."""
+def make_shapes_dataset(out: str | Path, num_images: int = 64, resolution: int = 64, seed: int = 0,
+                        combos: Sequence[tuple[str, str, str]] = COMBOS) -> Path:  # fmt: skip
+    """Write an imagefolder (PNGs + ``metadata.jsonl`` with ``text``) of captioned coloured shapes; return it.
+
+    ``combos`` are (shape, colour, background) triples. Each pass over them draws every one once, in a seeded
+    random order, so ``num_images >= len(combos)`` covers every caption and no caption is more than one image
+    ahead of another: with 64 random draws from 24 combinations some captions never appear.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    rows = []
+    rows, order = [], []
     for i in range(num_images):
-        shape, colour, background = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS))
+        if not order:
+            order = rng.sample(list(combos), len(combos))
+        shape, colour, background = order.pop()
         name = f"{i:05d}.png"
-        _draw(shape, COLOURS[colour], BACKGROUNDS[background], resolution, rng).save(out / name)
-        rows.append({"file_name": name, "text": f"a {colour} {shape} on a {background} background"})
+        draw_shape(shape, colour, background, resolution, rng).save(out / name)
+        rows.append({"file_name": name, "text": shape_caption(shape, colour, background)})
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
