@@ -2,10 +2,11 @@
 sample one image per prompt from the trained weights and check that the samples follow their prompts.
 Offline, about three minutes on 2 CPU cores.
 
-The tiny model's VAE is random, so it is first fitted to the shapes as an autoencoder (``--vae_steps``) and its
-``scaling_factor`` set so that its latents have unit variance; the UNet is then fine-tuned through the regular
-training loop and flags (``--steps``). ``samples.png`` shows, per prompt, a training image above the sample;
-the run ends with ``prompts followed: K/4`` (background and shape colours read back from each sample).
+The training images are the four prompts' shapes at random sizes and positions. The tiny model's VAE is random,
+so it is first fitted to them as an autoencoder (``--vae_steps``) and its ``scaling_factor`` set so that its
+latents have unit variance; the UNet is then fine-tuned with v-prediction through the regular training loop and
+flags (``--steps``). ``samples.png`` shows, per prompt, a training image above the sample; the run ends with
+``prompts followed: K/4`` (background and shape colours read back from each sample, ``follows_prompt``).
 
 ``python -m diffusers_npu.quickstart [--output_dir DIR] [--steps N]`` (``bash scripts/quickstart.sh`` sets up
 a virtual environment first).
