@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,18 +114,41 @@ def test_sigkill_and_resume_with_buckets_is_bit_identical(tmp_path, mixed):
 
 
 @pytest.mark.slow
-def test_two_processes_with_buckets_finish(tmp_path, mixed):
+def test_two_processes_with_buckets_share_each_steps_bucket_and_see_what_one_process_sees(tmp_path, mixed):
+    """torchrun, 2 ranks x batch 1 against 1 process x batch 2 (the same global batch), 2 epochs: at every step both
+    ranks train the same bucket shape, and each epoch trains the same images in the same buckets as one process
+    does (the order may differ)."""
+    import json
+    import os
     import subprocess
     import sys
 
     from .helpers import EXAMPLES, ROOT, SUMMARY
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(EXAMPLES / "train_text_to_image.py"), "--train_data_dir", str(mixed), "--output_dir", str(tmp_path),
-           "--resolution", "32", "--train_batch_size", "1", "--num_train_epochs", "2", "--checkpointing_steps", "1000",
-           *BUCKET_FLAGS]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    match = SUMMARY.search(proc.stdout)
-    # 8 images in 4 buckets of 2, batch 1, 2 ranks: one group (2 batches) per bucket = 4 steps per epoch.
-    assert match and int(match.group(7)) == 8, proc.stdout[-2000:]
+    def run(name: str, launcher: list[str], batch: str) -> tuple[list, str]:
+        record = tmp_path / name
+        record.mkdir()
+        cmd = [*launcher, str(Path(__file__).with_name("record_batches.py")), str(EXAMPLES / "train_text_to_image.py"),
+               "--train_data_dir", str(mixed), "--output_dir", str(tmp_path / f"out-{name}"), "--resolution", "32",
+               "--train_batch_size", batch, "--num_train_epochs", "2", "--checkpointing_steps", "1000", *BUCKET_FLAGS]  # fmt: skip
+        env = {**os.environ, "RECORD_BATCHES": str(record)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(f.read_text()) for f in sorted(record.glob("rank*.json"))], proc.stdout
+
+    (one,), one_out = run("one", [sys.executable], "2")
+    ranks, two_out = run(
+        "two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "1"
+    )
+    # 8 images in 4 buckets of 2: 4 steps per epoch either way.
+    for stdout in (one_out, two_out):
+        match = SUMMARY.search(stdout)
+        assert match and int(match.group(7)) == 8, stdout[-2000:]
+    assert len(ranks) == 2 and len(ranks[0]) == len(ranks[1]) == len(one) == 8
+    assert all(a[0] == b[0] for a, b in zip(*ranks)), "both ranks must train one bucket shape at each step"
+
+    def per_epoch(batches: list) -> list[Counter]:
+        return [Counter((tuple(shape), i) for shape, idx in batches[e * 4 : (e + 1) * 4] for i in idx) for e in (0, 1)]
+
+    two = [a + b for a, b in zip(per_epoch(ranks[0]), per_epoch(ranks[1]))]
+    assert two == per_epoch(one) and all(sum(c.values()) == 8 and max(c.values()) == 1 for c in two)
