@@ -200,3 +200,48 @@ def test_per_image_caption_files_replace_the_instance_prompt(tmp_path, mixed, mo
     files = {p.read_text().strip() for p in mixed.glob("*.txt")}
     assert seen and set(seen) <= files and PROMPT not in seen, seen
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_buckets_train_flux_on_each_images_aspect_ratio(tmp_path, mixed, monkeypatch, capsys):
+    """--enable_bucket for FLUX: every batch one bucket's shape (non-square ones too), packed and unpacked by the
+    recipe; bucket sides not a multiple of 16 and buckets with class images are refused."""
+    from diffusers_npu.training import buckets
+    from diffusers_npu.training.recipes.flux_lora import FluxLoRARecipe
+
+    from .conftest import MIXED_SIZES
+
+    shapes = []
+    loss = FluxLoRARecipe.per_sample_loss
+    monkeypatch.setattr(FluxLoRARecipe, "per_sample_loss",
+                        lambda self, m, e: shapes.append(tuple(e["latents"].shape[-2:])) or loss(self, m, e))  # fmt: skip
+    main = runpy.run_path(str(SCRIPT), run_name="example")["main"]
+    bucket_flags = [
+        "--enable_bucket",
+        "--min_bucket_reso",
+        "16",
+        "--max_bucket_reso",
+        "64",
+        "--bucket_reso_steps",
+        "16",
+    ]
+    flags = [
+        *common_flags(mixed, tmp_path / "out"),
+        "--mixed_precision",
+        "no",
+        "--train_batch_size",
+        "2",
+        *bucket_flags,
+    ]
+    main([*flags, "--max_train_steps", "4"])
+    table = buckets.bucket_shapes(32, 16, 64, 16)
+    expected = {buckets.nearest_bucket(table, h, w) for h, w in MIXED_SIZES}
+    assert any(h != w for h, w in expected)
+    assert {(2 * h, 2 * w) for h, w in shapes} == expected, shapes  # the tiny VAE (2 blocks) downsamples by 2
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    for extra, message in ((["--bucket_reso_steps", "8"], "multiple of 16"),
+                           (["--with_prior_preservation", "--class_data_dir", str(tmp_path / "c"), "--class_prompt", "x"],
+                            "--with_prior_preservation")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main([*flags, *extra])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -70,3 +70,46 @@ def test_a_cache_with_random_flip_is_refused(tmp_path, mixed):
                  check=False)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --random_flip cannot be combined")
     assert not (tmp_path / "out" / "latent_cache").exists()
+
+
+@pytest.mark.slow
+def test_encoders_leave_the_device_after_caching_and_return_for_validation(tmp_path, mixed, monkeypatch):
+    """Once the cache is built the VAE and text encoder are moved to the CPU (the steps need the UNet only);
+    validation moves them to the training device and off again. Recorded as the moves the loop asks for, since
+    on this CPU-only machine every device is the CPU."""
+    from diffusers_npu.training import args, loop
+    from diffusers_npu.training.recipes.sd import SDRecipe
+
+    events = []
+    recipe_box = {}
+    to = torch.nn.Module.to
+
+    def spy(module, *a, **k):
+        recipe = recipe_box.get("recipe")
+        if recipe is not None and any(module is m for m in recipe.frozen_encoders()):
+            events.append((type(module).__name__, str(a[0]) if a else str(k.get("device"))))
+        return to(module, *a, **k)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    monkeypatch.setattr(SDRecipe, "per_sample_loss", _recording(SDRecipe.per_sample_loss, events))
+    argv = ["--train_data_dir", str(mixed), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
+            "--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "1000", "--cache_latents",
+            "--validation_prompt", "a photo", "--num_validation_images", "1"]  # fmt: skip
+    cfg = args.parse_recipe_args(SDRecipe, "test", "tiny:sd15", argv)
+    recipe_box["recipe"] = recipe = SDRecipe(cfg)
+    loop.run(recipe, cfg)
+    first_step = events.index("step")
+    moved_off = events[:first_step][-2:]
+    assert sorted(moved_off) == [("AutoencoderKL", "cpu"), ("CLIPTextModel", "cpu")], events
+    after = [e for e in events[first_step:] if e != "step"]  # validation after the epoch's 4 steps
+    encoders = ["AutoencoderKL", "CLIPTextModel"]
+    assert len(after) == 4 and sorted(n for n, _ in after[:2]) == sorted(n for n, _ in after[2:]) == encoders, after
+    assert [d for _, d in after[2:]] == ["cpu", "cpu"], after
+
+
+def _recording(per_sample_loss, events):
+    def wrapped(self, model, encoded):
+        events.append("step")
+        return per_sample_loss(self, model, encoded)
+
+    return wrapped

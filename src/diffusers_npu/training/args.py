@@ -14,10 +14,10 @@ import yaml
 
 from .. import attention, optim
 from ..errors import UserError
-from .config import WEIGHTING_SCHEMES, DDPMConfig, FluxLoRAConfig, TrainConfig
+from .config import WEIGHTING_SCHEMES, DDPMConfig, FluxLoRAConfig, ImageDataConfig, TrainConfig
 
 # Defaults live in one place: the config dataclasses.
-D, DDPM, FLUX = TrainConfig(), DDPMConfig(), FluxLoRAConfig()
+D, IMAGE, DDPM, FLUX = TrainConfig(), ImageDataConfig(), DDPMConfig(), FluxLoRAConfig()
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -164,20 +164,20 @@ def add_image_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--caption_dropout_rate",
         type=float,
-        default=DDPM.caption_dropout_rate,
+        default=IMAGE.caption_dropout_rate,
         help="probability of training an image with the empty caption, drawn per epoch",
     )
     g.add_argument("--shuffle_caption", action="store_true", help="shuffle the comma-separated tags each epoch")
     g.add_argument(
         "--keep_tokens",
         type=int,
-        default=DDPM.keep_tokens,
+        default=IMAGE.keep_tokens,
         help="with --shuffle_caption: the first N tags stay in place",
     )
     g.add_argument(
         "--dataset_repeats",
         type=int,
-        default=DDPM.dataset_repeats,
+        default=IMAGE.dataset_repeats,
         help="each image N times per epoch (N_name subfolders multiply it)",
     )
     g.add_argument(
@@ -185,10 +185,10 @@ def add_image_data_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="aspect-ratio buckets of about --resolution^2 pixels instead of square crops",
     )
-    g.add_argument("--min_bucket_reso", type=int, default=DDPM.min_bucket_reso)
-    g.add_argument("--max_bucket_reso", type=int, default=DDPM.max_bucket_reso)
-    g.add_argument("--bucket_reso_steps", type=int, default=DDPM.bucket_reso_steps, help="bucket sides' multiple")
-    g.add_argument("--bad_images", default=DDPM.bad_images, choices=["error", "skip"],
+    g.add_argument("--min_bucket_reso", type=int, default=IMAGE.min_bucket_reso)
+    g.add_argument("--max_bucket_reso", type=int, default=IMAGE.max_bucket_reso)
+    g.add_argument("--bucket_reso_steps", type=int, default=IMAGE.bucket_reso_steps, help="bucket sides' multiple")
+    g.add_argument("--bad_images", default=IMAGE.bad_images, choices=["error", "skip"],
                    help="unreadable, too small or uncaptioned images: stop before training, or leave them out")  # fmt: skip
 
 
@@ -213,11 +213,6 @@ def add_dreambooth_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="prompt naming the subject, e.g. 'a photo of sks dog'; every image's caption unless the "
         "data has its own (--dataset_name with --caption_column, or --caption_extension files)",
-    )
-    g.add_argument(
-        "--caption_extension",
-        default=None,
-        help="per-image captions from files beside the instance images (kohya's layout), e.g. .txt",
     )
     g.add_argument("--class_data_dir", default=None, help="class images; missing ones are generated here")
     g.add_argument("--class_prompt", default=None, help="prompt of the subject's class, e.g. 'a photo of a dog'")

@@ -108,19 +108,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DDPMConfig(TrainConfig):
-    """SD 1.x/2.x and SDXL: DDPM noising of a UNet, full fine-tune or LoRA (training/recipes/ddpm.py)."""
+class ImageDataConfig(TrainConfig):
+    """Image-caption data as people keep it (kohya sd-scripts' flag names): caption files, caption options,
+    repeats, aspect-ratio buckets, bad files (training/data.py ``image_caption_dataset``)."""
 
-    pretrained_vae_model_name_or_path: str | None = None
-    prediction_type: str | None = None
-    proportion_empty_prompts: float = 0.0
-    use_ema: bool = False
-    ema_decay: float = 0.9999
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    rank: int = 4  # LoRA scripts only
-    lora_alpha: int | None = None
-    # image-caption data (kohya's flag names): caption files, caption options, repeats, buckets, bad files
     caption_extension: str | None = None
     caption_dropout_rate: float = 0.0
     shuffle_caption: bool = False
@@ -136,8 +127,6 @@ class DDPMConfig(TrainConfig):
         step = self.bucket_reso_steps
         varying = self.caption_dropout_rate > 0 or self.shuffle_caption
         return super()._checks() + [
-            (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
-            (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
             (0.0 <= self.caption_dropout_rate <= 1.0, "--caption_dropout_rate must be in [0, 1]"),
             (self.keep_tokens >= 0 and self.dataset_repeats >= 1, "--keep_tokens must be >= 0 and --dataset_repeats >= 1"),
             (self.bad_images in ("error", "skip"), f"--bad_images {self.bad_images!r}: use error or skip"),
@@ -148,12 +137,33 @@ class DDPMConfig(TrainConfig):
         ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class DDPMConfig(ImageDataConfig):
+    """SD 1.x/2.x and SDXL: DDPM noising of a UNet, full fine-tune or LoRA (training/recipes/ddpm.py)."""
+
+    pretrained_vae_model_name_or_path: str | None = None
+    prediction_type: str | None = None
+    proportion_empty_prompts: float = 0.0
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    rank: int = 4  # LoRA scripts only
+    lora_alpha: int | None = None
+
+    def _checks(self) -> list[tuple[object, str]]:
+        return super()._checks() + [
+            (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
+            (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
+        ]
+
+
 # diffusers.training_utils.compute_density_for_timestep_sampling / compute_loss_weighting_for_sd3 names.
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 
 
 @dataclass(frozen=True)
-class FluxLoRAConfig(TrainConfig):
+class FluxLoRAConfig(ImageDataConfig):
     """FLUX.1 DreamBooth LoRA: flow matching of a FluxTransformer2DModel (training/recipes/flux_lora.py)."""
 
     rank: int = 4
@@ -177,7 +187,6 @@ class FluxLoRAConfig(TrainConfig):
     max_sequence_length: int = 512
     cache_text_embeddings: bool = False
     lora_layers: str | None = None
-    caption_extension: str | None = None  # kohya caption files beside the instance images
 
     @property
     def per_image_captions(self) -> bool:
@@ -196,6 +205,8 @@ class FluxLoRAConfig(TrainConfig):
             (self.max_sequence_length >= 1, "--max_sequence_length must be >= 1"),
             (not (self.cache_text_embeddings and self.train_text_encoder), "--cache_text_embeddings cannot be combined with --train_text_encoder (the CLIP embeddings change); drop one"),
             (not self.with_prior_preservation or (self.class_data_dir and self.class_prompt), "--with_prior_preservation needs --class_data_dir and --class_prompt"),
+            (not self.enable_bucket or self.bucket_reso_steps % 16 == 0, f"--bucket_reso_steps {self.bucket_reso_steps} must be a multiple of 16 for FLUX (VAE 8 x 2x2 patches)"),
+            (not (self.enable_bucket and self.with_prior_preservation), "--enable_bucket cannot be combined with --with_prior_preservation (class images are square and share each batch); drop one"),
         ]  # fmt: skip
 
     def validate(self) -> None:

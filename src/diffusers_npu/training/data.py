@@ -206,18 +206,22 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         }
 
 
-def image_caption_dataset(cfg) -> ImageCaptionDataset:
-    """The text-to-image recipes' data, as a config's data flags say: the source (``--dataset_name`` /
-    ``--train_data_dir``, columns, ``--caption_extension``, ``--max_train_samples``), every image checked first
-    (``--bad_images``), repeats, caption options and, with ``--enable_bucket``, each image's bucket shape."""
+def image_caption_dataset(cfg, folder: str | None = None, rows=None) -> ImageCaptionDataset:
+    """Image-caption data as an ``ImageDataConfig``'s flags say: the source (``--dataset_name`` or ``folder``,
+    default ``--train_data_dir``; columns, ``--caption_extension``, ``--max_train_samples``), every image checked
+    first (``--bad_images``), repeats, caption options and, with ``--enable_bucket``, each image's bucket shape.
+    ``rows``: ``{"image": path, "text": caption}`` rows to use instead of a source (DreamBooth's one prompt)."""
     from accelerate import PartialState
 
     from . import buckets, image_check
 
-    rows, image_col, caption_col = load_image_text_dataset(
-        cfg.dataset_name, cfg.train_data_dir, cfg.image_column, cfg.caption_column,
-        cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples, cfg.caption_extension,
-    )  # fmt: skip
+    if rows is not None:
+        image_col, caption_col = "image", "text"
+    else:
+        rows, image_col, caption_col = load_image_text_dataset(
+            cfg.dataset_name, folder or cfg.train_data_dir, cfg.image_column, cfg.caption_column,
+            cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples, cfg.caption_extension,
+        )  # fmt: skip
     min_side = cfg.min_bucket_reso if cfg.enable_bucket else None
     checked = image_check.check_images(rows, image_col, caption_col, min_side)
     keep = image_check.apply_policy(checked, cfg.bad_images)

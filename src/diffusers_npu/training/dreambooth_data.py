@@ -58,9 +58,11 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict:
-        klass = None if self.klass is None else self.klass[index % len(self.klass)]
-        return {"instance": self.instance[index % len(self.instance)], "class": klass}
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):  # (position, epoch) from a bucket sampler over the instance rows alone
+            return {"instance": self.instance[key], "class": None}
+        klass = None if self.klass is None else self.klass[key % len(self.klass)]
+        return {"instance": self.instance[key % len(self.instance)], "class": klass}
 
     @staticmethod
     def collate(examples: list[dict]) -> dict:

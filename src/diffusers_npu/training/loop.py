@@ -105,6 +105,8 @@ def _data_loader(recipe: Recipe, cfg: TrainConfig, accelerator, device: devices.
         )
     if cfg.caches:  # training draws the same random numbers whether the cache was built now or found on disk
         set_seed(cfg.seed)
+        _move_encoders(recipe, "cpu")  # the steps run the trained model only
+        device.empty_cache()
     order = (
         {"batch_sampler": batches} if batches is not None else {"batch_size": cfg.train_batch_size, "shuffle": True}
     )
@@ -331,8 +333,25 @@ def _save_final(r: Run) -> None:
     logger.info("saved trained weights to %s", r.out)
 
 
+def _move_encoders(recipe: Recipe, device: torch.device | str) -> None:
+    for module in recipe.frozen_encoders():
+        module.to(device)
+
+
 def _validate(r: Run, epoch: int) -> None:
-    """Validation images from the live weights into ``output_dir/validation``."""
+    """Validation images from the live weights into ``output_dir/validation`` (the encoders back on the device
+    for it when a cache had moved them off)."""
+    if r.cfg.caches:
+        _move_encoders(r.recipe, r.accelerator.device)
+    try:
+        _validation_images(r, epoch)
+    finally:
+        if r.cfg.caches:
+            _move_encoders(r.recipe, "cpu")
+            r.device.empty_cache()
+
+
+def _validation_images(r: Run, epoch: int) -> None:
     pipe = r.recipe.validation_pipeline(r.accelerator.unwrap_model(r.model))
     pipe.set_progress_bar_config(disable=True)
     folder = r.out / "validation"

@@ -43,6 +43,10 @@ class Recipe(Protocol):
         """The frozen part of a step (VAE, text encoders), under no_grad. Its tensors' first dimension is the
         batch: with ``--cache_latents`` the loop stores them per example and stacks them back."""
 
+    def frozen_encoders(self) -> list[torch.nn.Module]:
+        """The frozen modules that only ``encode_batch`` and the validation pipeline run (VAE, frozen text
+        encoders): with a cache the loop moves them off the device once it is built, and back for validation."""
+
     def cache_identity(self) -> str:
         """Everything besides the example that decides ``encode_batch``'s output (model, revision, precision...):
         part of the disk cache's keys, so a cache made by other encoders is never reused."""

@@ -97,6 +97,9 @@ class DDPMRecipe:
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.vae, *self.text_encoders]
 
+    def frozen_encoders(self) -> list[torch.nn.Module]:
+        return self.frozen_modules()  # the empty prompt for --proportion_empty_prompts is encoded in prepare
+
     def build_dataset(self) -> torch.utils.data.Dataset:
         return data.image_caption_dataset(self.cfg)
 

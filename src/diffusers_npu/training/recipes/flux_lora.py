@@ -117,6 +117,7 @@ class FluxLoRARecipe:
 
         args.add_lora_args(parser, text_encoder=True)
         args.add_dreambooth_args(parser)
+        args.add_image_data_args(parser)
         args.add_flux_args(parser)
         parser.set_defaults(mixed_precision="bf16")  # MindONE's FLUX precision plan: frozen weights in bf16
 
@@ -188,6 +189,10 @@ class FluxLoRARecipe:
         return json.dumps([type(self).__name__, self.model_path, cfg.revision, cfg.variant, str(self.weight_dtype),
                            cfg.max_sequence_length, cfg.train_text_encoder])  # fmt: skip
 
+    def frozen_encoders(self) -> list[torch.nn.Module]:
+        clip = [] if self.cfg.train_text_encoder else [self.text_encoder]  # a trained CLIP runs in every step
+        return [self.vae, self.text_encoder_2, *clip]
+
     def trainable_model(self) -> torch.nn.Module:
         return self.denoiser
 
@@ -197,8 +202,11 @@ class FluxLoRARecipe:
     def make_ema(self) -> None:
         return None  # LoRA: no EMA
 
-    def batch_sampler(self, dataset: DreamBoothDataset, num_replicas: int) -> None:
-        return None  # square images: the loop's seeded shuffle
+    def batch_sampler(self, dataset: DreamBoothDataset, num_replicas: int):
+        """Same-shape batches with --enable_bucket (no class images then); otherwise the loop's shuffle."""
+        if not self.cfg.enable_bucket:
+            return None
+        return data.bucket_sampler(dataset.instance, self.cfg.train_batch_size, num_replicas, self.cfg.seed)
 
     def collate(self, examples: list[dict]) -> dict:
         return DreamBoothDataset.collate(examples)
@@ -209,15 +217,16 @@ class FluxLoRARecipe:
 
         cfg = self.cfg
         image = (cfg.resolution, cfg.center_crop, cfg.image_interpolation_mode)
-        if cfg.per_image_captions:  # upstream's --dataset_name/--caption_column, or kohya caption files
-            rows, image_col, caption_col = data.load_image_text_dataset(
-                cfg.dataset_name, cfg.instance_data_dir or cfg.train_data_dir, cfg.image_column, cfg.caption_column,
-                cfg.dataset_config_name, cfg.cache_dir, cfg.max_train_samples, cfg.caption_extension,
-            )  # fmt: skip
-            instance = data.ImageCaptionDataset(rows, image_col, caption_col, *image, cfg.seed)
+        folder = cfg.instance_data_dir or cfg.train_data_dir
+        # Checked, captioned, repeated and bucketed as the text-to-image data; the captions are upstream's
+        # --dataset_name/--caption_column or kohya caption files, else --instance_prompt for every image.
+        if cfg.per_image_captions:
+            instance = data.image_caption_dataset(cfg, folder)
         else:
-            images = list_images(cfg.instance_data_dir or cfg.train_data_dir, "--instance_data_dir")
-            instance = folder_rows(images, cfg.instance_prompt, *image, cfg.seed)
+            images = list_images(folder, "--instance_data_dir")
+            instance = data.image_caption_dataset(
+                cfg, rows=[{"image": str(p), "text": cfg.instance_prompt} for p in images]
+            )
         klass = None
         if cfg.with_prior_preservation:
             # The main process generates; the others wait and then find the images (LoRA B = 0: the base model).
