@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
@@ -42,11 +43,13 @@ def temp_dir_beside(final: Path) -> Path:
     return tmp
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None = None) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None = None,
+                    export: Callable[[Path], None] | None = None) -> Path:  # fmt: skip
     """Save accelerate's full state for ``step`` into a temporary directory, then publish it atomically.
 
-    Every process takes part (accelerate writes per-rank RNG states); the manifest and the rename happen
-    on the main process, between barriers, so no rank ever sees a half-written checkpoint.
+    Every process takes part (accelerate writes per-rank RNG states); ``export(directory)`` (the model in
+    diffusers' layout), the manifest and the rename happen on the main process, between barriers, so no rank
+    ever sees a half-written checkpoint.
     """
     final = output_dir / f"{PREFIX}{step}"
     tmp = output_dir / f".{final.name}.tmp"
@@ -56,6 +59,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if export is not None:
+            export(tmp)
         (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, step, extra or {}), indent=1))
         replace_dir(tmp, final)
     accelerator.wait_for_everyone()
@@ -87,14 +92,20 @@ def save_trainable_only(accelerator) -> None:
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (with a manifest) in ``output_dir``, oldest step first."""
     found = [p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
-    return sorted((p for p in found if (p / MANIFEST).is_file()), key=lambda p: int(p.name[len(PREFIX) :]))
+    return sorted((p for p in found if (p / MANIFEST).is_file()), key=step_of)
 
 
-def prune_checkpoints(output_dir: Path, keep: int | None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond ``keep``; returns what was removed."""
+def step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX) :])
+
+
+def prune_checkpoints(output_dir: Path, keep: int | None, step: int) -> list[Path]:
+    """After checkpoint ``step`` was written: delete the oldest complete checkpoints so that ``keep`` remain,
+    counting it, as diffusers' ``--checkpoints_total_limit``. A checkpoint of a later step than ``step`` comes
+    from another run in the same folder and is never deleted. Returns what was removed."""
     if not keep:
         return []
-    doomed = list_checkpoints(output_dir)[:-keep]
+    doomed = [p for p in list_checkpoints(output_dir) if step_of(p) <= step][:-keep]
     for path in doomed:
         shutil.rmtree(path)
     return doomed

@@ -52,6 +52,39 @@ def test_lora_reloads_through_stock_diffusers_and_changes_output(tmp_path, shape
     assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after), atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe_name,kind", [("SDLoRARecipe", "sd15"), ("SDXLLoRARecipe", "sdxl")])
+def test_lora_alpha_reloads_at_its_scale_from_the_files_metadata(tmp_path, shapes, recipe_name, kind):
+    """--lora_alpha 16 with --rank 4 (scale 4): stock load_lora_weights on the saved file reproduces the live
+    trained model, since the file's metadata carries alpha; the same tensors without it (scale 1) do not."""
+    from safetensors.torch import load_file
+
+    from diffusers_npu.training import args, loop
+    from diffusers_npu.training.recipes import sd, sdxl
+
+    recipe_cls = getattr(sd, recipe_name, None) or getattr(sdxl, recipe_name)
+    argv = ["--train_data_dir", str(shapes), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
+            "--train_batch_size", "2", "--max_train_steps", "4", "--learning_rate", "1e-2",
+            "--checkpointing_steps", "1000", "--rank", "4", "--lora_alpha", "16"]  # fmt: skip
+    cfg = args.parse_recipe_args(recipe_cls, "test", f"tiny:{kind}", argv)
+    recipe = recipe_cls(cfg)
+    loop.run(recipe, cfg)
+
+    def sample(pipe):
+        g = torch.Generator().manual_seed(0)
+        return torch.from_numpy(pipe("a blue square", num_inference_steps=2, height=32, width=32, generator=g,
+                                     output_type="np").images)  # fmt: skip
+
+    live = sample(recipe.validation_pipeline(recipe.unet.eval()))
+    stock_cls = recipe.pipeline_cls
+    reloaded = stock_cls.from_pretrained(tiny_path(kind))
+    reloaded.load_lora_weights(str(tmp_path / "out"))
+    torch.testing.assert_close(sample(reloaded), live, atol=1e-4, rtol=0)
+    no_metadata = stock_cls.from_pretrained(tiny_path(kind))
+    no_metadata.load_lora_weights(load_file(tmp_path / "out" / "pytorch_lora_weights.safetensors"))
+    assert (sample(no_metadata) - live).abs().max() > 1e-3
+
+
 def run_main(script: str, argv: list[str], capsys) -> tuple[int, str]:
     """Run an example's main() in-process; returns (exit code, stderr)."""
     import runpy

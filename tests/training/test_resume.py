@@ -87,3 +87,47 @@ def test_lora_checkpoints_hold_only_the_adapter_and_resume_bit_identically(tmp_p
     straight = load_file(tmp_path / "straight" / "pytorch_lora_weights.safetensors")
     resumed = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_diffusers_folders_and_resume_by_name(tmp_path, shapes):
+    """checkpoint-N/unet and unet_ema load as diffusers' README says and hold the trained weights; a checkpoint
+    name relative to --output_dir resumes; a checkpoint of a later step from another run is never pruned."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from .helpers import SUMMARY, tiny_path
+
+    out = tmp_path / "out"
+    (out / "checkpoint-500").mkdir(parents=True)  # another run's, complete
+    (out / "checkpoint-500" / "checkpoint.json").write_text('{"step": 500, "files": {}}')
+    flags = ("--use_ema", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2")
+    proc = train("train_text_to_image.py", out, shapes, *flags, steps=3)
+    assert "checkpoint-500 from another run" in proc.stderr
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-500"]
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="checkpoint-3/unet")
+    accelerate_copy = load_file(out / "checkpoint-3" / "model.safetensors")
+    assert all(torch.equal(v, accelerate_copy[k]) for k, v in unet.state_dict().items())
+    ema = UNet2DConditionModel.from_pretrained(out, subfolder="checkpoint-3/unet_ema")
+    final = unet_weights(out)  # the final save holds the EMA weights
+    assert all(torch.equal(v, final[k]) for k, v in ema.state_dict().items())
+    assert not all(torch.equal(v, final[k]) for k, v in unet.state_dict().items())
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_path("sd15"), unet=unet)
+    image = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+    proc = train("train_text_to_image.py", out, shapes, *flags, "--resume_from_checkpoint", "checkpoint-2", steps=4)
+    assert int(SUMMARY.search(proc.stdout).group(7)) == 2  # steps 3 and 4
+
+
+@pytest.mark.slow
+def test_lora_checkpoints_hold_the_lora_file_with_its_config(tmp_path, shapes):
+    from diffusers import StableDiffusionPipeline
+
+    from .helpers import tiny_path
+
+    out = tmp_path / "out"
+    train("train_text_to_image_lora.py", out, shapes, "--rank", "4", "--lora_alpha", "8", "--checkpointing_steps", "2")
+    file = out / "checkpoint-2" / "pytorch_lora_weights.safetensors"
+    assert load_file(file).keys() == load_file(out / "pytorch_lora_weights.safetensors").keys()
+    _, _, metadata = StableDiffusionPipeline.lora_state_dict(str(file.parent), return_lora_metadata=True)
+    assert metadata["unet.r"] == 4 and metadata["unet.lora_alpha"] == 8, metadata
+    assert StableDiffusionPipeline.from_pretrained(tiny_path("sd15")).load_lora_weights(str(file.parent)) is None

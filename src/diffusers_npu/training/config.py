@@ -97,6 +97,7 @@ class TrainConfig:
             (self.max_train_steps is None or self.max_train_steps >= 1, "--max_train_steps must be >= 1"),
             (self.num_train_epochs >= 1, "--num_train_epochs must be >= 1"),
             (self.checkpointing_steps >= 1, "--checkpointing_steps must be >= 1"),
+            (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1, f"--checkpoints_total_limit {self.checkpoints_total_limit} must be >= 1 (the checkpoints kept, the newest counted); leave it unset to keep all"),
             (self.mixed_precision in ("no", "fp16", "bf16"), f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16"),
             (not (self.caches and self.random_flip), "--random_flip cannot be combined with --cache_latents / --cache_latents_to_disk (a cached latent has one orientation); drop one"),
         ]  # fmt: skip

@@ -171,6 +171,10 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     if trainable_only:
         checkpoint.save_trainable_only(accelerator)
     step = checkpoint.load_checkpoint(accelerator, resume)["step"] if resume is not None else 0
+    later = [p.name for p in checkpoint.list_checkpoints(out) if checkpoint.step_of(p) > step]
+    if later and accelerator.is_main_process:
+        logger.warning("%s holds %s from another run: pruning keeps them, and --resume_from_checkpoint latest would "
+                       "pick the last of them; use another --output_dir to keep runs apart", out, ", ".join(later))  # fmt: skip
     if cfg.report_to and accelerator.is_main_process:
         accelerator.init_trackers(
             "diffusers-npu", config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
@@ -247,9 +251,11 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
             "step %d loss=%.6f lr=%.3g step_time_s=%.4f", run.step, logs["loss"], logs["lr"], logs["step_time_s"]
         )
     if run.step % cfg.checkpointing_steps == 0 or run.step == run.max_steps:
-        path = checkpoint.save_checkpoint(acc, run.out, run.step, {checkpoint.TRAINABLE_ONLY: run.trainable_only})
+        model = acc.unwrap_model(run.model)
+        path = checkpoint.save_checkpoint(acc, run.out, run.step, {checkpoint.TRAINABLE_ONLY: run.trainable_only},
+                                          lambda directory: run.recipe.save_checkpoint_model(model, directory))  # fmt: skip
         if acc.is_main_process:
-            checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit)
+            checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit, run.step)
             logger.info("saved %s", path)
         for callback in run.callbacks.after_checkpoint:
             callback(run.step, path)

@@ -63,6 +63,11 @@ class Recipe(Protocol):
     def per_sample_loss(self, model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of each example, (B,), any weighting applied; the loop takes the mean."""
 
+    def save_checkpoint_model(self, model: torch.nn.Module, directory: Path) -> None:
+        """The trained model in diffusers' layout inside checkpoint ``directory``, besides accelerate's state that
+        resume reads (full fine-tune: ``unet/`` and ``unet_ema/``; LoRA: ``pytorch_lora_weights.safetensors``).
+        Main process only."""
+
     def save_weights(self, model: torch.nn.Module, output_dir: Path) -> None:
         """The trained result in a form stock diffusers loads (a pipeline folder or LoRA weights)."""
 

@@ -196,16 +196,32 @@ class DDPMRecipe:
         return weights if self.noise_scheduler.config.prediction_type == "epsilon" else weights * snr / (snr + 1)
 
     # ---- output ------------------------------------------------------------------------------------
+    def save_checkpoint_model(self, unet: torch.nn.Module, directory: Path) -> None:
+        """``checkpoint-N/unet`` (and ``unet_ema``) as diffusers' scripts lay them out, or the LoRA file."""
+        if self.lora:
+            self.save_lora(unet, directory)
+            return
+        unet.save_pretrained(str(directory / "unet"), safe_serialization=True)
+        if self.ema is not None:
+            self.ema.save_pretrained(str(directory / "unet_ema"))
+
+    def save_lora(self, unet: torch.nn.Module, directory: Path) -> None:
+        """``pytorch_lora_weights.safetensors`` for stock ``load_lora_weights``, its PEFT config (rank, alpha,
+        targets) in the safetensors metadata, so a LoRA with ``--lora_alpha`` != ``--rank`` reloads at its scale."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        self.pipeline_cls.save_lora_weights(
+            save_directory=str(directory),
+            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
+
     def save_weights(self, unet: torch.nn.Module, output_dir: Path) -> None:
         """Full fine-tune: a whole diffusers pipeline; LoRA: weights stock ``load_lora_weights`` loads."""
         if self.lora:
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-            self.pipeline_cls.save_lora_weights(
-                save_directory=str(output_dir), unet_lora_layers=layers, safe_serialization=True
-            )
+            self.save_lora(unet, output_dir)
             return
         if self.ema is not None:
             self.ema.copy_to(unet.parameters())

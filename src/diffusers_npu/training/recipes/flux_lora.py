@@ -327,6 +327,9 @@ class FluxLoRARecipe:
             safe_serialization=True,
         )  # fmt: skip
 
+    def save_checkpoint_model(self, model: torch.nn.Module, directory: Path) -> None:
+        self.save_weights(model, directory)
+
     def validation_pipeline(self, model: torch.nn.Module):
         te = model.text_encoder if model.text_encoder is not None else self.text_encoder
         return self._pipeline(model.transformer, te)
