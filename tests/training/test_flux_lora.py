@@ -152,6 +152,7 @@ BAD_INPUTS = {
     "prior without class prompt": (["--with_prior_preservation"], "--with_prior_preservation needs --class_data_dir"),
     "cache with text-encoder LoRA": (["--cache_text_embeddings", "--train_text_encoder"], "--cache_text_embeddings cannot"),
     "SD-only flag": (["--snr_gamma", "5"], "unrecognized arguments: --snr_gamma 5; see --help"),
+    "kohya format": (["--lora_format", "kohya"], "no kohya writer for FLUX"),
     "hub dataset and a folder": (["--dataset_name", "lambdalabs/pokemon-blip-captions"], "either --dataset_name or --instance_data_dir"),
 }  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""``diffusers-npu convert WHAT``: weight conversions between MindSpore/MindONE, diffusers and single-file layouts.
+"""``diffusers-npu convert WHAT``: weight conversions between MindSpore/MindONE, diffusers, kohya and single-file
+layouts.
 
 One line per conversion in ``CONVERTERS`` (``name: ("module:function", "help")``); a module is imported only when
 its conversion runs.
@@ -25,6 +26,10 @@ CONVERTERS: dict[str, tuple[str, str]] = {
                             "original single-file SDXL (.safetensors or MindONE .ckpt) -> diffusers folder"),
     "sdxl-to-mindone": (_P + "mindone_sdxl:add_to_mindone_args",
                         "diffusers SDXL folder -> MindONE full-model .ckpt (sgm layout, MindSpore names)"),
+    "lora-to-kohya": (_P + "kohya_lora:add_to_kohya_args",
+                      "diffusers SD/SDXL LoRA .safetensors -> kohya LoRA (A1111, ComfyUI), alphas kept"),
+    "kohya-to-lora": (_P + "kohya_lora:add_from_kohya_args",
+                      "kohya LoRA (SD, SDXL, FLUX) -> diffusers LoRA with its config, via stock load_lora_weights"),
 }  # fmt: skip
 
 

@@ -196,6 +196,9 @@ def add_lora_args(parser: argparse.ArgumentParser, text_encoder: bool) -> None:
     g = parser.add_argument_group("LoRA")
     g.add_argument("--rank", type=int, default=DDPM.rank)
     g.add_argument("--lora_alpha", type=int, default=None, help="default: the rank (scale 1)")
+    g.add_argument("--lora_format", default=DDPM.lora_format, choices=["diffusers", "kohya"],
+                   help="the saved LoRA file's layout; both load with stock load_lora_weights, kohya's also in "
+                        "A1111/ComfyUI (SD/SDXL only)")  # fmt: skip
     if text_encoder:
         g.add_argument("--train_text_encoder", action="store_true")
 

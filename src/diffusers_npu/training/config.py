@@ -151,10 +151,16 @@ class DDPMConfig(ImageDataConfig):
     noise_offset: float = 0.0
     rank: int = 4  # LoRA scripts only
     lora_alpha: int | None = None
+    lora_format: str = "diffusers"
 
     def _checks(self) -> list[tuple[object, str]]:
         return super()._checks() + [
             (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
+            (self.lora_alpha is None or self.lora_alpha > 0, f"--lora_alpha {self.lora_alpha} must be > 0"),
+            (
+                self.lora_format in ("diffusers", "kohya"),
+                f"--lora_format {self.lora_format!r}: use diffusers or kohya",
+            ),
             (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
         ]
 
@@ -169,6 +175,7 @@ class FluxLoRAConfig(ImageDataConfig):
 
     rank: int = 4
     lora_alpha: int | None = None
+    lora_format: str = "diffusers"
     train_text_encoder: bool = False
     # DreamBooth (training/dreambooth_data.py)
     instance_data_dir: str | None = None
@@ -199,6 +206,8 @@ class FluxLoRAConfig(ImageDataConfig):
         return super()._checks() + [
             (not (self.dataset_name and (self.instance_data_dir or self.train_data_dir)), "pass either --dataset_name or --instance_data_dir, not both"),
             (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
+            (self.lora_alpha is None or self.lora_alpha > 0, f"--lora_alpha {self.lora_alpha} must be > 0"),
+            (self.lora_format == "diffusers", "--lora_format kohya is for SD/SDXL: diffusers has no kohya writer for FLUX; keep the diffusers format (ComfyUI reads it)"),
             (self.instance_prompt, "--instance_prompt is required, e.g. --instance_prompt 'a photo of sks dog'"),
             (self.weighting_scheme in WEIGHTING_SCHEMES, f"--weighting_scheme {self.weighting_scheme!r}: use one of {', '.join(WEIGHTING_SCHEMES)}"),
             (self.prior_loss_weight >= 0, "--prior_loss_weight must be >= 0"),

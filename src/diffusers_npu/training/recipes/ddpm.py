@@ -207,7 +207,8 @@ class DDPMRecipe:
 
     def save_lora(self, unet: torch.nn.Module, directory: Path) -> None:
         """``pytorch_lora_weights.safetensors`` for stock ``load_lora_weights``, its PEFT config (rank, alpha,
-        targets) in the safetensors metadata, so a LoRA with ``--lora_alpha`` != ``--rank`` reloads at its scale."""
+        targets) in the safetensors metadata, so a LoRA with ``--lora_alpha`` != ``--rank`` reloads at its scale;
+        ``--lora_format kohya``: the same file in kohya's names and alphas (stock diffusers reads it too)."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -217,6 +218,10 @@ class DDPMRecipe:
             unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
             safe_serialization=True,
         )
+        if self.cfg.lora_format == "kohya":
+            from ...convert.kohya_lora import FILE_NAME, convert_file_to_kohya
+
+            convert_file_to_kohya(directory / FILE_NAME)
 
     def save_weights(self, unet: torch.nn.Module, output_dir: Path) -> None:
         """Full fine-tune: a whole diffusers pipeline; LoRA: weights stock ``load_lora_weights`` loads."""
