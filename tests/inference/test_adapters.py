@@ -16,7 +16,7 @@ from .helpers import FAST, pngs, run_script
 pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
 
 
-def make_lora(kind: str, out: Path, rank: int = 4) -> Path:
+def make_lora(kind: str, out: Path, rank: int = 4, seed: int = 0) -> Path:
     """A random (non-zero) LoRA on the tiny ``kind`` UNet, saved with diffusers' ``save_lora_weights``."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -24,7 +24,7 @@ def make_lora(kind: str, out: Path, rank: int = 4) -> Path:
     from peft.utils import get_peft_model_state_dict
 
     unet = diffusers.UNet2DConditionModel.from_pretrained(tiny.tiny_model_path(kind) / "unet")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                         init_lora_weights=False)  # fmt: skip
     unet.add_adapter(config)
@@ -68,6 +68,29 @@ def test_lora_on_sd15_through_text_to_image(tmp_path):
     none, zero, one = (pngs(tmp_path / d)["p0000_s0.png"] for d in ("none", "zero", "one"))
     np.testing.assert_array_equal(zero, none)
     assert not np.array_equal(one, none)
+
+
+def test_several_loras_combine_at_their_own_scales_and_kohya_files_load(tmp_path):
+    from diffusers_npu.cli import main
+
+    a, b = (str(make_lora("sd15", tmp_path / name, seed=seed)) for name, seed in (("a", 0), ("b", 1)))
+    runs = {
+        "a": ["--lora_path", f"{a}:0.8"],
+        "b": ["--lora_path", f"{b}:0.5"],
+        "ab": ["--lora_path", f"{a}:0.8", "--lora_path", f"{b}:0.5"],
+        "a_b0": ["--lora_path", f"{a}:0.8", "--lora_path", f"{b}:0"],
+        "a_default": ["--lora_path", a, "--lora_scale", "0.8"],
+    }
+    assert main(["convert", "lora-to-kohya", a, str(tmp_path / "a_kohya.safetensors")]) == 0
+    runs["kohya"] = ["--lora_path", f"{tmp_path / 'a_kohya.safetensors'}:0.8"]
+    images = {}
+    for name, flags in runs.items():
+        run_script("text-to-image", tmp_path / name, *FAST, *flags)
+        images[name] = pngs(tmp_path / name)["p0000_s0.png"].astype(int)
+    assert not np.array_equal(images["ab"], images["a"]) and not np.array_equal(images["ab"], images["b"])
+    np.testing.assert_array_equal(images["a_b0"], images["a"])  # scale 0: the second LoRA adds nothing
+    np.testing.assert_array_equal(images["a_default"], images["a"])  # --lora_scale for paths without :SCALE
+    assert np.abs(images["kohya"] - images["a"]).max() <= 1  # the same LoRA from its kohya file
 
 
 def test_textual_inversion_changes_only_prompts_with_the_token(tmp_path):

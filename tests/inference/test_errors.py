@@ -34,6 +34,8 @@ def _cases(images, npy):
         ("text-to-image", ["--sampler", "ddim", "--init_noise_path", str(npy / "noise.npy")], "--eta", "deterministic"),
         ("unconditional-image-generation", ["--sampler", "euler"], "--sampler euler", "use ddpm"),
         ("sdxl-refiner", ["--image", image, "--strength", "0.3"], "--num_inference_steps 2", "use --num_inference_steps 4"),
+        ("lora", ["--lora_path", f"{image}:nan"], "scale nan is not a finite number", f"{image}:0.8"),
+        ("lora", ["--lora_path", str(npy / "missing.safetensors")], "--lora_path", "not found"),
     ]  # fmt: skip
 
 

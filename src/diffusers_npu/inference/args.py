@@ -26,7 +26,7 @@ class InferConfig:
     refiner_path: str | None = None
     unet_path: str | None = None
     disable_safety_checker: bool = False
-    lora_path: str | None = None
+    lora_path: tuple[str, ...] = ()  # each PATH or PATH:SCALE (see ``loras``)
     lora_scale: float = 1.0
     textual_inversion_path: str | None = None
     token: str | None = None
@@ -62,6 +62,19 @@ class InferConfig:
 
     def sampler_choice(self) -> samplers.SamplerChoice:
         return samplers.SamplerChoice(self.sampler, self.discretization, self.sigma_min, self.sigma_max, self.rho)
+
+    @property
+    def loras(self) -> list[tuple[str, float]]:
+        """``(path, scale)`` per ``--lora_path``: ``PATH:SCALE`` when what follows the last ``:`` is a number,
+        else ``--lora_scale``."""
+        out = []
+        for value in self.lora_path:
+            path, _, suffix = value.rpartition(":")
+            try:
+                out.append((path, float(suffix)) if path else (value, self.lora_scale))
+            except ValueError:
+                out.append((value, self.lora_scale))
+        return out
 
 
 D = InferConfig()
@@ -104,11 +117,14 @@ def add_model_args(
     )
     g.add_argument(
         "--lora_path",
+        action="append",
         default=None,
         required=lora_required,
-        help="LoRA weights (a folder or .safetensors) for load_lora_weights",
+        help="LoRA weights (a folder or .safetensors; diffusers or kohya format) for load_lora_weights, optionally "
+        "with its own scale as PATH:SCALE; repeat the flag to combine several",
     )
-    g.add_argument("--lora_scale", type=float, default=D.lora_scale, help="LoRA strength; 0 equals no LoRA")  # fmt: skip
+    g.add_argument("--lora_scale", type=float, default=D.lora_scale,
+                   help="strength of every --lora_path without its own :SCALE; 0 equals no LoRA")  # fmt: skip
 
 
 def add_textual_inversion_args(parser: argparse.ArgumentParser) -> None:
@@ -237,11 +253,16 @@ def _check(cfg: InferConfig) -> None:
         )
     if not 0 < cfg.high_noise_frac < 1:
         raise UserError(f"--high_noise_frac {cfg.high_noise_frac} is outside (0, 1); pass e.g. 0.8")
-    for name in ("image", "mask_image", "prompts_file", "lora_path", "textual_inversion_path"):
+    for name in ("image", "mask_image", "prompts_file", "textual_inversion_path"):
         value = getattr(cfg, name)
-        hub_ok = name in ("lora_path", "textual_inversion_path") and _looks_like_hub_id(value)
+        hub_ok = name == "textual_inversion_path" and _looks_like_hub_id(value)
         if value is not None and not Path(value).exists() and not hub_ok:
             raise UserError(f"--{name} {value} not found; pass an existing local file")
+    for path, scale in cfg.loras:
+        if not Path(path).exists() and not _looks_like_hub_id(path):
+            raise UserError(f"--lora_path {path} not found; pass an existing LoRA file or folder (PATH or PATH:SCALE)")
+        if not math.isfinite(scale):
+            raise UserError(f"--lora_path {path}: scale {scale} is not a finite number; pass e.g. {path}:0.8")
     if cfg.eta < 0:
         raise UserError(f"--eta {cfg.eta} is negative; pass 0 (deterministic) to 1")
 
@@ -249,6 +270,8 @@ def _check(cfg: InferConfig) -> None:
 def to_config(args: argparse.Namespace, task: str) -> InferConfig:
     """The parsed flags as an :class:`InferConfig` for ``task``, validated (UserError on bad input)."""
     names = {f.name for f in fields(InferConfig)}
-    cfg = InferConfig(task=task, **{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["lora_path"] = tuple(values.get("lora_path") or ())
+    cfg = InferConfig(task=task, **values)
     _check(cfg)
     return cfg

@@ -95,17 +95,20 @@ def apply_sampler(pipe, cfg: InferConfig) -> dict[str, Any]:
     return call_kwargs
 
 
-def apply_lora(pipe, path: str, scale: float) -> None:
-    """Load LoRA weights as adapter ``lora`` at ``scale`` (0 leaves the model's outputs unchanged)."""
+def apply_loras(pipe, loras: list[tuple[str, float]]) -> None:
+    """Load each ``(path, scale)`` LoRA (diffusers or kohya format: stock ``load_lora_weights`` reads both) as its
+    own adapter and activate them together at their scales (0 leaves the model's outputs unchanged)."""
     if not hasattr(pipe, "load_lora_weights"):
         raise UserError(f"--lora_path: {type(pipe).__name__} cannot load LoRA weights; use an SD, SDXL or FLUX model")
-    try:
-        pipe.load_lora_weights(path, adapter_name="lora")
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(
-            f"--lora_path {path} could not be loaded ({str(err).splitlines()[0]}); pass diffusers LoRA weights"
-        ) from None
-    pipe.set_adapters(["lora"], adapter_weights=[scale])
+    names = [f"lora{i}" for i in range(len(loras))]
+    for name, (path, _) in zip(names, loras):
+        try:
+            pipe.load_lora_weights(path, adapter_name=name)
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(
+                f"--lora_path {path} could not be loaded ({str(err).splitlines()[0]}); pass diffusers or kohya LoRA weights"
+            ) from None
+    pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
 
 
 def apply_textual_inversion(pipe, path: str, token: str | None) -> None:
@@ -149,8 +152,8 @@ def prepare(pipe, cfg: InferConfig, device, dtype: torch.dtype, adapters: bool =
     ``adapters=False`` (the SDXL refiner) skips LoRA and embeddings, which are trained for the base.
     """
     call_kwargs = apply_sampler(pipe, cfg)
-    if adapters and cfg.lora_path is not None:
-        apply_lora(pipe, cfg.lora_path, cfg.lora_scale)
+    if adapters and cfg.loras:
+        apply_loras(pipe, cfg.loras)
     if adapters and cfg.textual_inversion_path is not None:
         apply_textual_inversion(pipe, cfg.textual_inversion_path, cfg.token)
     if cfg.attention is not None:
