@@ -74,7 +74,8 @@ def test_saved_lora_reproduces_the_trained_model_through_stock_diffusers(bf16_ru
     from diffusers import FluxPipeline
 
     _, tmp = bf16_run
-    trained = np.asarray(Image.open(tmp / "out" / "validation" / "epoch0000_0.png"), dtype=np.int16)
+    grid = Image.open(tmp / "out" / "validation" / "step-000002.png")  # label (160 px) then the image
+    trained = np.asarray(grid.crop((160, 0, 160 + 32, 32)), dtype=np.int16)
     pipe = FluxPipeline.from_pretrained(tiny_path("flux"), torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
 

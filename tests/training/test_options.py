@@ -30,7 +30,7 @@ def test_validation_images_and_gradient_accumulation(tmp_path, shapes):
     out = tmp_path / "out"
     proc = train("train_text_to_image.py", out, shapes, "--validation_prompt", "a red circle",
                  "--num_validation_images", "2", "--gradient_accumulation_steps", "2", steps=2)  # fmt: skip
-    assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["epoch0000_0.png", "epoch0000_1.png"]
+    assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["step-000002.png"]  # the epoch's end
     match = SUMMARY.search(proc.stdout)
     assert match and int(match.group(7)) == 2 and "global_batch=4" in proc.stdout  # 2 micro-batches of 2 per step
 

@@ -101,9 +101,17 @@ def add_loop_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpointing_steps", type=int, default=D.checkpointing_steps)
     g.add_argument("--checkpoints_total_limit", type=int, default=None)
     g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory")
-    g.add_argument("--validation_prompt", default=None)
-    g.add_argument("--validation_epochs", type=int, default=D.validation_epochs)
-    g.add_argument("--num_validation_images", type=int, default=D.num_validation_images)
+    g = parser.add_argument_group("validation images (training/validation.py)")
+    g.add_argument("--validation_prompt", default=None, help="one prompt (upstream's DreamBooth/SDXL flag)")
+    g.add_argument("--validation_prompts", nargs="+", default=None,
+                   help="several prompts, or one text file with a prompt per line")  # fmt: skip
+    g.add_argument("--validation_negative_prompt", default=None)
+    g.add_argument("--validation_epochs", type=int, default=D.validation_epochs, help="every N epochs")
+    g.add_argument("--validation_steps", type=int, default=None, help="also every N optimizer steps")
+    g.add_argument("--num_validation_images", type=int, default=D.num_validation_images, help="per prompt")
+    g.add_argument("--validation_seed", type=int, default=None, help="default: --seed")
+    g.add_argument("--validation_inference_steps", type=int, default=D.validation_inference_steps)
+    g = parser.add_argument_group("training loop")
     g.add_argument("--logging_steps", type=int, default=D.logging_steps)
     g.add_argument(
         "--timing_warmup_steps",

@@ -61,8 +61,13 @@ class TrainConfig:
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
     validation_prompt: str | None = None
+    validation_prompts: tuple[str, ...] | None = None  # several, or one text file of prompts
+    validation_negative_prompt: str | None = None
     validation_epochs: int = 1
+    validation_steps: int | None = None
     num_validation_images: int = 2
+    validation_seed: int | None = None
+    validation_inference_steps: int = 20
     logging_steps: int = 10
     timing_warmup_steps: int = 2
     report_to: str | None = None
@@ -97,6 +102,9 @@ class TrainConfig:
             (self.max_train_steps is None or self.max_train_steps >= 1, "--max_train_steps must be >= 1"),
             (self.num_train_epochs >= 1, "--num_train_epochs must be >= 1"),
             (self.checkpointing_steps >= 1, "--checkpointing_steps must be >= 1"),
+            (self.validation_epochs >= 1 and self.num_validation_images >= 1 and self.validation_inference_steps >= 1,
+             "--validation_epochs, --num_validation_images and --validation_inference_steps must be >= 1"),
+            (self.validation_steps is None or self.validation_steps >= 1, "--validation_steps must be >= 1"),
             (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1, f"--checkpoints_total_limit {self.checkpoints_total_limit} must be >= 1 (the checkpoints kept, the newest counted); leave it unset to keep all"),
             (self.mixed_precision in ("no", "fp16", "bf16"), f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16"),
             (not (self.caches and self.random_flip), "--random_flip cannot be combined with --cache_latents / --cache_latents_to_disk (a cached latent has one orientation); drop one"),

@@ -23,7 +23,7 @@ from .. import checkpoint, devices, optim
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
-from . import latent_cache
+from . import latent_cache, validation
 from .config import TrainConfig
 from .recipe import Recipe
 
@@ -218,6 +218,7 @@ class Run:
     out: Path
     trainable_only: bool = False  # checkpoints hold the trainable parameters only (checkpoint.save_trainable_only)
     callbacks: Callbacks = field(default_factory=Callbacks)
+    grad_norm: torch.Tensor | None = None  # the last step's, before clipping
 
 
 def _micro_step(run: Run, batch: dict) -> torch.Tensor:
@@ -231,7 +232,9 @@ def _micro_step(run: Run, batch: dict) -> torch.Tensor:
             loss = recipe.per_sample_loss(run.model, encoded).mean()
         acc.backward(loss)
         if acc.sync_gradients and cfg.max_grad_norm > 0:
-            optim.clip_grad_norm(run.params, cfg.max_grad_norm, run.optimizer, acc.scaler, cfg.clip_grad_norm_fused)
+            run.grad_norm = optim.clip_grad_norm(
+                run.params, cfg.max_grad_norm, run.optimizer, acc.scaler, cfg.clip_grad_norm_fused
+            )
         run.optimizer.step()
         run.schedule.step()
         run.optimizer.zero_grad(**zero_grad_kwargs)
@@ -244,6 +247,12 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
     if run.ema is not None:
         run.ema.step(acc.unwrap_model(run.model).parameters())
     logs = {"loss": stats.step_losses[-1], "lr": run.schedule.get_last_lr()[0], "step_time_s": stats.step_times_s[-1]}
+    if cfg.report_to:  # read from the device only for a tracker
+        logs["data_wait_s"] = stats.data_waits_s[-1]
+        if run.grad_norm is not None:
+            logs["grad_norm"] = float(run.grad_norm)  # before clipping
+        if acc.scaler is not None and acc.scaler.is_enabled():
+            logs["loss_scale"] = float(acc.scaler.get_scale())
     bar.set_postfix(step_loss=f"{logs['loss']:.4f}", lr=logs["lr"])
     acc.log(logs, step=run.step)
     if acc.is_main_process and (run.step % cfg.logging_steps == 0 or run.step == run.max_steps):
@@ -259,6 +268,8 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
             logger.info("saved %s", path)
         for callback in run.callbacks.after_checkpoint:
             callback(run.step, path)
+    if acc.is_main_process and validation.due(cfg, run.step):
+        _validate(run)
     for callback in run.callbacks.after_step:
         callback(run.step)
 
@@ -314,8 +325,8 @@ def run(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None = None) ->
                 if r.step >= r.max_steps:
                     break
             wait_start = time.perf_counter()
-        if acc.is_main_process and cfg.validation_prompt and (epoch + 1) % cfg.validation_epochs == 0:
-            _validate(r, epoch)
+        if acc.is_main_process and validation.due(cfg, r.step, epoch_end=epoch):
+            _validate(r)
             mark = time.perf_counter()
     bar.close()
     acc.wait_for_everyone()
@@ -344,27 +355,24 @@ def _move_encoders(recipe: Recipe, device: torch.device | str) -> None:
         module.to(device)
 
 
-def _validate(r: Run, epoch: int) -> None:
-    """Validation images from the live weights into ``output_dir/validation`` (the encoders back on the device
-    for it when a cache had moved them off)."""
+def _validate(r: Run) -> None:
+    """Validation images (training/validation.py) from the live weights, or the EMA's swapped in; the encoders
+    come back to the device for it when a cache had moved them off."""
+    model = r.accelerator.unwrap_model(r.model)
+    params = list(model.parameters())
     if r.cfg.caches:
         _move_encoders(r.recipe, r.accelerator.device)
+    if r.ema is not None:
+        r.ema.store(params)
+        r.ema.copy_to(params)
     try:
-        _validation_images(r, epoch)
+        pipeline = r.recipe.validation_pipeline(model)
+        rows = validation.render(pipeline, r.cfg, r.accelerator.device, r.accelerator.autocast)
+        path = validation.publish(rows, r.cfg, r.out, r.step, r.accelerator.trackers)
+        logger.info("validation images: %s", path)
     finally:
+        if r.ema is not None:
+            r.ema.restore(params)
         if r.cfg.caches:
             _move_encoders(r.recipe, "cpu")
             r.device.empty_cache()
-
-
-def _validation_images(r: Run, epoch: int) -> None:
-    pipe = r.recipe.validation_pipeline(r.accelerator.unwrap_model(r.model))
-    pipe.set_progress_bar_config(disable=True)
-    folder = r.out / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator(r.accelerator.device).manual_seed(r.cfg.seed)
-    with r.accelerator.autocast():
-        images = pipe(r.cfg.validation_prompt, num_images_per_prompt=r.cfg.num_validation_images, generator=generator,
-                      height=r.cfg.resolution, width=r.cfg.resolution, num_inference_steps=20).images  # fmt: skip
-    for i, image in enumerate(images):
-        image.save(folder / f"epoch{epoch:04d}_{i}.png")

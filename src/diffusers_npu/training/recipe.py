@@ -58,7 +58,8 @@ class Recipe(Protocol):
         """What the optimizer updates."""
 
     def make_ema(self) -> Any | None:
-        """An EMA of the trained weights (``step(parameters)``, checkpointed by the loop), or None."""
+        """An EMA of the trained weights, or None: diffusers' ``EMAModel`` interface (``step``, and ``store`` /
+        ``copy_to`` / ``restore`` around validation), checkpointed by the loop."""
 
     def per_sample_loss(self, model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of each example, (B,), any weighting applied; the loop takes the mean."""
