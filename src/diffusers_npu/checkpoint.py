@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from .errors import UserError
 
 MANIFEST = "checkpoint.json"
@@ -60,7 +62,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if export is not None:
-            export(tmp)
+            # Outside the saved random state: EMAModel.save_pretrained initialises a model from its config, which
+            # draws from the CPU generator, and a resumed run must continue the stream the checkpoint recorded.
+            with torch.random.fork_rng(devices=[]):
+                export(tmp)
         (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, step, extra or {}), indent=1))
         replace_dir(tmp, final)
     accelerator.wait_for_everyone()

@@ -82,3 +82,21 @@ def test_validation_uses_the_ema_restores_the_weights_and_reaches_tensorboard(tm
     assert [e.step for e in events.Images("validation")] == [2, 4]
     assert {"loss", "lr", "grad_norm", "step_time_s", "data_wait_s"} <= set(tags["scalars"]), tags["scalars"]
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_the_output_folder_gets_a_model_card_hub_tools_read(tmp_path, shapes):
+    from huggingface_hub import ModelCard
+
+    from .helpers import train
+
+    out = tmp_path / "out"
+    train("train_text_to_image_lora.py", out, shapes, "--rank", "4", "--lora_alpha", "8",
+          "--validation_prompt", PROMPTS[0], "--num_validation_images", "1", "--validation_inference_steps", "2")  # fmt: skip
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "tiny:sd15" and card.data.library_name == "diffusers"
+    assert {"diffusers-npu", "lora", "stable-diffusion", "text-to-image"} <= set(card.data.tags)
+    text = card.text
+    assert "LoRA of Stable Diffusion" in text and "| `--lora_alpha` | `8` |" in text and PROMPTS[0] in text
+    assert "](validation/step-000002.png)" in text and (out / "validation" / "step-000002.png").is_file()
+    assert f'pipe.load_lora_weights("{out}")' in text

@@ -23,7 +23,7 @@ from .. import checkpoint, devices, optim
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
-from . import latent_cache, validation
+from . import latent_cache, model_card, validation
 from .config import TrainConfig
 from .recipe import Recipe
 
@@ -219,6 +219,7 @@ class Run:
     trainable_only: bool = False  # checkpoints hold the trainable parameters only (checkpoint.save_trainable_only)
     callbacks: Callbacks = field(default_factory=Callbacks)
     grad_norm: torch.Tensor | None = None  # the last step's, before clipping
+    last_grid: Path | None = None  # the last validation's images, for the model card
 
 
 def _micro_step(run: Run, batch: dict) -> torch.Tensor:
@@ -344,6 +345,7 @@ def _save_final(r: Run) -> None:
     """The trained weights, written to a temporary directory and moved into ``output_dir`` entry by entry."""
     tmp = checkpoint.temp_dir_beside(r.out / "final")
     r.recipe.save_weights(r.accelerator.unwrap_model(r.model), tmp)
+    model_card.write(tmp / "README.md", r.cfg, r.recipe.model_card_info(), r.step, r.last_grid, r.out)
     for entry in tmp.iterdir():
         checkpoint.replace_dir(entry, r.out / entry.name) if entry.is_dir() else entry.replace(r.out / entry.name)
     tmp.rmdir()
@@ -368,7 +370,7 @@ def _validate(r: Run) -> None:
     try:
         pipeline = r.recipe.validation_pipeline(model)
         rows = validation.render(pipeline, r.cfg, r.accelerator.device, r.accelerator.autocast)
-        path = validation.publish(rows, r.cfg, r.out, r.step, r.accelerator.trackers)
+        path = r.last_grid = validation.publish(rows, r.cfg, r.out, r.step, r.accelerator.trackers)
         logger.info("validation images: %s", path)
     finally:
         if r.ema is not None:

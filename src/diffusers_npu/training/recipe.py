@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from .config import TrainConfig
+from .model_card import ModelCardInfo
 
 
 class Recipe(Protocol):
@@ -71,6 +72,9 @@ class Recipe(Protocol):
 
     def save_weights(self, model: torch.nn.Module, output_dir: Path) -> None:
         """The trained result in a form stock diffusers loads (a pipeline folder or LoRA weights)."""
+
+    def model_card_info(self) -> ModelCardInfo:
+        """Title, hub tags and loading code for the output folder's README.md (training/model_card.py)."""
 
     def validation_pipeline(self, model: torch.nn.Module) -> Any:
         """A diffusers pipeline over the live modules, for validation images."""

@@ -17,6 +17,7 @@ from ... import attention
 from ...model_paths import resolve_model_path
 from .. import data
 from ..config import DDPMConfig
+from ..model_card import ModelCardInfo
 from .common import lora_config, move, per_sample_mse, pixels
 
 
@@ -27,6 +28,8 @@ class DDPMRecipe:
 
     config_cls: ClassVar[type[DDPMConfig]] = DDPMConfig
     lora: ClassVar[bool] = False
+    family: ClassVar[str]  # the model family's name and hub tag, for the model card
+    family_tag: ClassVar[str]
     pipeline_cls: type
     unet: torch.nn.Module
     vae: torch.nn.Module
@@ -234,6 +237,21 @@ class DDPMRecipe:
         vae = {"vae": self.vae.to(torch.float32)} if self.cfg.pretrained_vae_model_name_or_path else {}
         pipe = self.pipeline_cls.from_pretrained(self.model_path, unet=unet, dtype=torch.float32, **vae)
         pipe.save_pretrained(str(output_dir), safe_serialization=True)
+
+    def model_card_info(self) -> ModelCardInfo:
+        cls, out = self.pipeline_cls.__name__, self.cfg.output_dir
+        load = (f'pipe = {cls}.from_pretrained("{self.cfg.pretrained_model_name_or_path}")\n'
+                f'pipe.load_lora_weights("{out}")') if self.lora else f'pipe = {cls}.from_pretrained("{out}")'  # fmt: skip
+        return ModelCardInfo(
+            title=f"{'LoRA' if self.lora else 'Full fine-tune'} of {self.family}",
+            tags=("text-to-image", self.family_tag, *(["lora"] if self.lora else [])),
+            usage=f'from diffusers import {cls}\n\n{load}\nimage = pipe("{self._card_prompt()}").images[0]',
+        )
+
+    def _card_prompt(self) -> str:
+        from ..validation import prompts
+
+        return (prompts(self.cfg) or ["a photo"])[0].replace('"', "'")
 
     def validation_pipeline(self, unet: torch.nn.Module):
         """A pipeline over the live modules, for validation images during training."""

@@ -28,6 +28,7 @@ from ...model_paths import resolve_model_path
 from .. import data
 from ..config import FluxLoRAConfig
 from ..dreambooth_data import DreamBoothDataset, ensure_class_images, folder_rows, list_images
+from ..model_card import ModelCardInfo
 from .common import UNET_LORA_TARGETS, lora_config, per_sample_mse, pixels
 
 logger = logging.getLogger("diffusers_npu.train")
@@ -326,6 +327,12 @@ class FluxLoRARecipe:
             text_encoder_lora_adapter_metadata=None if te is None else te.peft_config["default"].to_dict(),
             safe_serialization=True,
         )  # fmt: skip
+
+    def model_card_info(self) -> ModelCardInfo:
+        prompt = self.cfg.instance_prompt.replace('"', "'")
+        usage = (f'from diffusers import FluxPipeline\n\npipe = FluxPipeline.from_pretrained("{self.cfg.pretrained_model_name_or_path}")\n'
+                 f'pipe.load_lora_weights("{self.cfg.output_dir}")\nimage = pipe("{prompt}").images[0]')  # fmt: skip
+        return ModelCardInfo("FLUX.1 DreamBooth LoRA", ("text-to-image", "flux", "lora", "dreambooth"), usage)
 
     def save_checkpoint_model(self, model: torch.nn.Module, directory: Path) -> None:
         self.save_weights(model, directory)

@@ -10,6 +10,8 @@ from .ddpm import DDPMRecipe
 class SDRecipe(DDPMRecipe):
     """One CLIP text encoder; the UNet is called as ``unet(noisy, t, encoder_hidden_states)``."""
 
+    family, family_tag = "Stable Diffusion", "stable-diffusion"
+
     def load(self) -> None:
         from diffusers import StableDiffusionPipeline
         from transformers import CLIPTextModel, CLIPTokenizer

@@ -10,6 +10,8 @@ from .ddpm import DDPMRecipe
 class SDXLRecipe(DDPMRecipe):
     """The UNet takes ``added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}`` (Podell et al., 2023 §2.2)."""
 
+    family, family_tag = "Stable Diffusion XL", "stable-diffusion-xl"
+
     def load(self) -> None:
         from diffusers import StableDiffusionXLPipeline
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
