@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -23,9 +22,10 @@ from .. import checkpoint, devices, optim
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
-from . import latent_cache, model_card, validation
+from . import data_loader, model_card, validation
 from .config import TrainConfig
 from .recipe import Recipe
+from .run_stats import RunStats
 
 logger = logging.getLogger("diffusers_npu.train")
 
@@ -39,41 +39,6 @@ class Callbacks:
     after_checkpoint: tuple[Callable[[int, Path], None], ...] = ()
 
 
-@dataclass
-class RunStats:
-    """What a run measured. Step time = one optimizer step (all micro-batches) minus data-loader wait,
-    device-synchronised; the first ``timing_warmup_steps`` are excluded from the medians."""
-
-    global_batch: int
-    warmup: int
-    step_losses: list[float] = field(default_factory=list)
-    step_times_s: list[float] = field(default_factory=list)
-    data_waits_s: list[float] = field(default_factory=list)
-    peak_mem_gib: float = 0.0
-    time_s: float = 0.0
-
-    def _timed(self, values: list[float]) -> list[float]:
-        return values[self.warmup :] or values
-
-    @property
-    def step_time_s(self) -> float:
-        return statistics.median(self._timed(self.step_times_s)) if self.step_times_s else float("nan")
-
-    def summary_line(self) -> str:
-        """The one parseable line every run ends with (launchers grep it)."""
-        window = self.step_losses[-max(1, len(self.step_losses) // 10) :] or [float("nan")]
-        wait = statistics.median(self._timed(self.data_waits_s)) if self.data_waits_s else float("nan")
-        return (
-            f"loss={statistics.fmean(window):.6f} fps={self.global_batch / self.step_time_s:.3f} "
-            f"step_time_s={self.step_time_s:.4f} data_wait_s={wait:.4f} peak_mem_gib={self.peak_mem_gib:.3f} "
-            f"time_s={self.time_s:.1f} steps={len(self.step_losses)} global_batch={self.global_batch}"
-        )
-
-
-def _stack(examples: list[dict]) -> dict:
-    return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
-
-
 # --report_to name -> the packages any one of which provides it (accelerate skips a missing tracker silently).
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
@@ -84,46 +49,6 @@ def _check_trackers(report_to: str | None) -> None:
     for name in TRACKER_PACKAGES if report_to == "all" else [report_to] if report_to else []:
         if not any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES[name]):
             raise UserError(f"--report_to {report_to} needs {name}: pip install {TRACKER_PACKAGES[name][0]}")
-
-
-def _data_loader(recipe: Recipe, cfg: TrainConfig, accelerator, device: devices.Device, out: Path):
-    """The recipe's dataset (cached, with --cache_latents / --cache_latents_to_disk) in its batch order, prepared
-    by accelerate (each process gets its share)."""
-    from accelerate.utils import set_seed
-
-    dataset = recipe.build_dataset()
-    batches = recipe.batch_sampler(dataset, accelerator.num_processes)
-    if cfg.cache_latents_to_disk:
-        folder = Path(cfg.latent_cache_dir or out / "latent_cache")
-        dataset = latent_cache.build_disk_cache(
-            dataset, recipe.collate, recipe.encode_batch, folder, recipe.cache_identity(),
-            accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone, cfg.dataloader_num_workers,
-        )  # fmt: skip
-    elif cfg.cache_latents:
-        dataset = latent_cache.encode_in_memory(
-            dataset, recipe.collate, recipe.encode_batch, cfg.dataloader_num_workers
-        )
-    if cfg.caches:  # training draws the same random numbers whether the cache was built now or found on disk
-        set_seed(cfg.seed)
-        _move_encoders(recipe, "cpu")  # the steps run the trained model only
-        device.empty_cache()
-    order = (
-        {"batch_sampler": batches} if batches is not None else {"batch_size": cfg.train_batch_size, "shuffle": True}
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, **order, collate_fn=_stack if cfg.caches else recipe.collate,
-        # Its own generator, also under a batch sampler: creating a loader iterator (as resuming does) draws a
-        # worker base seed from it, and must not draw from the global RNG (torch/utils/data/dataloader.py).
-        generator=torch.Generator().manual_seed(cfg.seed),
-        num_workers=cfg.dataloader_num_workers, pin_memory=cfg.pin_memory and device.supports_pin_memory,
-        persistent_workers=cfg.persistent_workers and cfg.dataloader_num_workers > 0,
-    )  # fmt: skip
-    loader = accelerator.prepare(loader)  # first, so the step count is per process
-    if len(loader) == 0:
-        raise UserError(
-            f"the dataset has fewer samples than one batch per process; lower --train_batch_size ({cfg.train_batch_size})"
-        )
-    return loader
 
 
 def _setup(recipe: Recipe, cfg: TrainConfig):
@@ -147,7 +72,7 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     recipe.load()
     recipe.prepare(accelerator.device, device.kind, weight_dtype)
-    loader = _data_loader(recipe, cfg, accelerator, device, out)
+    loader = data_loader.build(recipe, cfg, accelerator, device, out)
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
@@ -352,18 +277,13 @@ def _save_final(r: Run) -> None:
     logger.info("saved trained weights to %s", r.out)
 
 
-def _move_encoders(recipe: Recipe, device: torch.device | str) -> None:
-    for module in recipe.frozen_encoders():
-        module.to(device)
-
-
 def _validate(r: Run) -> None:
     """Validation images (training/validation.py) from the live weights, or the EMA's swapped in; the encoders
     come back to the device for it when a cache had moved them off."""
     model = r.accelerator.unwrap_model(r.model)
     params = list(model.parameters())
     if r.cfg.caches:
-        _move_encoders(r.recipe, r.accelerator.device)
+        data_loader.move_encoders(r.recipe, r.accelerator.device)
     if r.ema is not None:
         r.ema.store(params)
         r.ema.copy_to(params)
@@ -376,5 +296,5 @@ def _validate(r: Run) -> None:
         if r.ema is not None:
             r.ema.restore(params)
         if r.cfg.caches:
-            _move_encoders(r.recipe, "cpu")
+            data_loader.move_encoders(r.recipe, "cpu")
             r.device.empty_cache()
