@@ -23,6 +23,8 @@ class InferConfig:
 
     task: str = "text-to-image"
     model_path: str = "tiny:sd15"
+    single_file_config: str | None = None  # configs for a single-file --model_path (single_file.py)
+    original_config: str | None = None
     refiner_path: str | None = None
     unet_path: str | None = None
     disable_safety_checker: bool = False
@@ -103,8 +105,12 @@ def add_model_args(
     g.add_argument(
         "--model_path",
         default=default_model,
-        help="local diffusers model folder, hub id, or tiny:<kind> (the built-in offline tiny model)",
+        help="local diffusers model folder, hub id, tiny:<kind> (the built-in offline tiny model), or a single-file "
+        ".safetensors/.ckpt checkpoint (A1111/ComfyUI)",
     )
+    g.add_argument("--single_file_config", default=None,
+                   help="a single file's configs: a diffusers folder of the same architecture, tiny:<kind> or a hub id")  # fmt: skip
+    g.add_argument("--original_config", default=None, help="a single file's original YAML config (not for SDXL)")
     if refiner is not None:
         g.add_argument("--refiner_path", default=refiner, help="SDXL refiner: local folder, hub id or tiny:<kind>")
     g.add_argument(

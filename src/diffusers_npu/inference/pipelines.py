@@ -13,7 +13,7 @@ import torch
 
 from .. import attention, samplers
 from ..errors import UserError
-from ..model_paths import resolve_model_path
+from ..single_file import resolve
 from .args import InferConfig
 
 
@@ -65,7 +65,7 @@ def load_pipeline(
     ``components`` replace pipeline parts (the SDXL ensemble shares the base's VAE and second text encoder).
     Raises UserError for a missing model directory.
     """
-    resolved = resolve_model_path(path, flag)
+    resolved = resolve(path, flag, None, cfg.single_file_config, cfg.original_config, Path(cfg.output_dir))
     kwargs: dict[str, Any] = dict(dtype=dtype, **components)
     if cfg.disable_safety_checker and "safety_checker" in _local_components(resolved):
         kwargs.update(safety_checker=None, requires_safety_checker=False)

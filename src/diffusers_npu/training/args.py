@@ -25,8 +25,12 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     g.add_argument(
         "--pretrained_model_name_or_path",
         default=default_model,
-        help="diffusers model directory, hub id, or tiny:<kind> for the built-in tiny model (offline default)",
+        help="diffusers model directory, hub id, tiny:<kind> for the built-in tiny model (offline default), or a "
+        "single-file .safetensors/.ckpt checkpoint (A1111/ComfyUI)",
     )
+    g.add_argument("--single_file_config", default=None,
+                   help="a single file's configs: a diffusers folder of the same architecture, tiny:<kind> or a hub id")  # fmt: skip
+    g.add_argument("--original_config", default=None, help="a single file's original YAML config (not for SDXL)")
     g.add_argument("--revision", default=None)
     g.add_argument("--variant", default=None)
     g.add_argument("--output_dir", default=D.output_dir)

@@ -17,6 +17,8 @@ class TrainConfig:
 
     # model and output
     pretrained_model_name_or_path: str = "tiny:sd15"
+    single_file_config: str | None = None  # configs for a single-file model (a diffusers folder or hub id)
+    original_config: str | None = None  # or its original YAML
     revision: str | None = None
     variant: str | None = None
     output_dir: str = "outputs/run"

@@ -42,3 +42,17 @@ def pixels(batch: dict, device: torch.device, dtype: torch.dtype, random_flip: b
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared error in fp32, (B,), whatever the rank of the tensors."""
     return torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+
+
+def model_source(cfg, pipeline_cls) -> str:
+    """The loadable path of ``--pretrained_model_name_or_path``: a folder, hub id or ``tiny:<kind>``, or a single-file
+    checkpoint converted once (single_file.py; the main process converts, the others then reuse its folder)."""
+    from pathlib import Path
+
+    from accelerate import PartialState
+
+    from ...single_file import resolve
+
+    with PartialState().main_process_first():
+        return resolve(cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path", pipeline_cls,
+                       cfg.single_file_config, cfg.original_config, Path(cfg.output_dir))  # fmt: skip

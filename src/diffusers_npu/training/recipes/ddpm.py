@@ -18,7 +18,7 @@ from ...model_paths import resolve_model_path
 from .. import data
 from ..config import DDPMConfig
 from ..model_card import ModelCardInfo
-from .common import lora_config, move, per_sample_mse, pixels
+from .common import lora_config, model_source, move, per_sample_mse, pixels
 
 
 class DDPMRecipe:
@@ -55,7 +55,7 @@ class DDPMRecipe:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         cfg = self.cfg
-        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        self.model_path = path = model_source(cfg, self.pipeline_cls)
         common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
         vae_path = cfg.pretrained_vae_model_name_or_path
         self.vae = (

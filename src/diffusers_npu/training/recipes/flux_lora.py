@@ -24,12 +24,11 @@ import torch
 
 from ... import attention, devices
 from ...errors import UserError
-from ...model_paths import resolve_model_path
 from .. import data
 from ..config import FluxLoRAConfig
 from ..dreambooth_data import DreamBoothDataset, ensure_class_images, folder_rows, list_images
 from ..model_card import ModelCardInfo
-from .common import UNET_LORA_TARGETS, lora_config, per_sample_mse, pixels
+from .common import UNET_LORA_TARGETS, lora_config, model_source, per_sample_mse, pixels
 
 logger = logging.getLogger("diffusers_npu.train")
 
@@ -128,7 +127,7 @@ class FluxLoRARecipe:
 
         cfg = self.cfg
         self.pipeline_cls = FluxPipeline
-        self.model_path = path = resolve_model_path(cfg.pretrained_model_name_or_path)
+        self.model_path = path = model_source(cfg, FluxPipeline)
         common = {"revision": cfg.revision, "cache_dir": cfg.cache_dir}
         weights = {**common, "variant": cfg.variant}
         self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **common)
