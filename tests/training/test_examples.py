@@ -53,10 +53,14 @@ def test_lora_reloads_through_stock_diffusers_and_changes_output(tmp_path, shape
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe_name,kind", [("SDLoRARecipe", "sd15"), ("SDXLLoRARecipe", "sdxl")])
-def test_lora_alpha_reloads_at_its_scale_from_the_files_metadata(tmp_path, shapes, recipe_name, kind):
-    """--lora_alpha 16 with --rank 4 (scale 4): stock load_lora_weights on the saved file reproduces the live
-    trained model, since the file's metadata carries alpha; the same tensors without it (scale 1) do not."""
+@pytest.mark.parametrize("recipe_name,kind,text_encoder", [
+    ("SDLoRARecipe", "sd15", False), ("SDXLLoRARecipe", "sdxl", False),
+    ("SDLoRARecipe", "sd15", True), ("SDXLLoRARecipe", "sdxl", True),
+])  # fmt: skip
+def test_lora_reloads_at_its_scale_with_its_text_encoder_lora(tmp_path, shapes, recipe_name, kind, text_encoder):
+    """--lora_alpha 16 with --rank 4 (scale 4), with and without --train_text_encoder: stock load_lora_weights on
+    the saved file reproduces the live trained model, since the file's metadata carries alpha and the text-encoder
+    LoRA sits under the names stock diffusers expects; the same tensors without metadata (scale 1) do not."""
     from safetensors.torch import load_file
 
     from diffusers_npu.training import args, loop
@@ -65,7 +69,8 @@ def test_lora_alpha_reloads_at_its_scale_from_the_files_metadata(tmp_path, shape
     recipe_cls = getattr(sd, recipe_name, None) or getattr(sdxl, recipe_name)
     argv = ["--train_data_dir", str(shapes), "--output_dir", str(tmp_path / "out"), "--resolution", "32",
             "--train_batch_size", "2", "--max_train_steps", "4", "--learning_rate", "1e-2",
-            "--checkpointing_steps", "1000", "--rank", "4", "--lora_alpha", "16"]  # fmt: skip
+            "--checkpointing_steps", "1000", "--rank", "4", "--lora_alpha", "16",
+            *(["--train_text_encoder"] if text_encoder else [])]  # fmt: skip
     cfg = args.parse_recipe_args(recipe_cls, "test", f"tiny:{kind}", argv)
     recipe = recipe_cls(cfg)
     loop.run(recipe, cfg)
@@ -75,14 +80,24 @@ def test_lora_alpha_reloads_at_its_scale_from_the_files_metadata(tmp_path, shape
         return torch.from_numpy(pipe("a blue square", num_inference_steps=2, height=32, width=32, generator=g,
                                      output_type="np").images)  # fmt: skip
 
-    live = sample(recipe.validation_pipeline(recipe.unet.eval()))
+    live = sample(recipe.validation_pipeline(recipe.trainable_model().eval()))
+    weights = load_file(tmp_path / "out" / "pytorch_lora_weights.safetensors")
+    prefixes = {k.split(".")[0] for k in weights}
+    expected = {"unet"} | (
+        {"text_encoder"} | ({"text_encoder_2"} if kind == "sdxl" else set()) if text_encoder else set()
+    )
+    assert prefixes == expected, prefixes
     stock_cls = recipe.pipeline_cls
     reloaded = stock_cls.from_pretrained(tiny_path(kind))
     reloaded.load_lora_weights(str(tmp_path / "out"))
     torch.testing.assert_close(sample(reloaded), live, atol=1e-4, rtol=0)
     no_metadata = stock_cls.from_pretrained(tiny_path(kind))
-    no_metadata.load_lora_weights(load_file(tmp_path / "out" / "pytorch_lora_weights.safetensors"))
+    no_metadata.load_lora_weights(weights)
     assert (sample(no_metadata) - live).abs().max() > 1e-3
+    if text_encoder:  # the text-encoder LoRA itself matters: with it switched off the image changes
+        for encoder in recipe.text_encoders:
+            encoder.disable_adapters()
+        assert (sample(recipe.validation_pipeline(recipe.trainable_model())) - live).abs().max() > 1e-4
 
 
 def run_main(script: str, argv: list[str], capsys) -> tuple[int, str]:

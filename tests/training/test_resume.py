@@ -70,12 +70,15 @@ def test_checkpoints_are_pruned_and_truncated_ones_refused(tmp_path, shapes):
 
 
 @pytest.mark.slow
-def test_lora_checkpoints_hold_only_the_adapter_and_resume_bit_identically(tmp_path, shapes):
+@pytest.mark.parametrize("script,extra", [
+    ("train_text_to_image_lora.py", ()),
+    ("train_text_to_image_lora_sdxl.py", ("--train_text_encoder", "--proportion_empty_prompts", "0.5")),
+])  # fmt: skip
+def test_lora_checkpoints_hold_only_the_adapter_and_resume_bit_identically(tmp_path, shapes, script, extra):
     from safetensors import safe_open
 
     flags = ("--random_flip", "--lr_scheduler", "cosine", "--lr_warmup_steps", "2", "--checkpointing_steps", "3",
-             "--rank", "4")  # fmt: skip
-    script = "train_text_to_image_lora.py"
+             "--rank", "4", *extra)  # fmt: skip
     train(script, tmp_path / "straight", shapes, *flags, steps=STEPS)
     killed = train(script, tmp_path / "resumed", shapes, *flags, steps=STEPS, check=False,
                    kill_after_checkpoint=3)  # fmt: skip

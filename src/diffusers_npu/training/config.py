@@ -162,17 +162,16 @@ class DDPMConfig(ImageDataConfig):
     rank: int = 4  # LoRA scripts only
     lora_alpha: int | None = None
     lora_format: str = "diffusers"
+    train_text_encoder: bool = False  # LoRA scripts: LoRA on the CLIP text encoder(s) too
 
     def _checks(self) -> list[tuple[object, str]]:
         return super()._checks() + [
             (self.rank >= 1, f"--rank {self.rank} must be >= 1 (the LoRA rank)"),
             (self.lora_alpha is None or self.lora_alpha > 0, f"--lora_alpha {self.lora_alpha} must be > 0"),
-            (
-                self.lora_format in ("diffusers", "kohya"),
-                f"--lora_format {self.lora_format!r}: use diffusers or kohya",
-            ),
+            (self.lora_format in ("diffusers", "kohya"), f"--lora_format {self.lora_format!r}: use diffusers or kohya"),
+            (not (self.train_text_encoder and self.caches), "--train_text_encoder cannot be combined with --cache_latents / --cache_latents_to_disk (the text embeddings change while training); drop one"),
             (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
-        ]
+        ]  # fmt: skip
 
 
 # diffusers.training_utils.compute_density_for_timestep_sampling / compute_loss_weighting_for_sd3 names.

@@ -6,6 +6,8 @@ import torch
 
 # PEFT targets of diffusers' train_text_to_image_lora(.py|_sdxl.py): the attention projections.
 UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+# --train_text_encoder (diffusers' train_dreambooth_lora*.py / train_text_to_image_lora_sdxl.py): CLIP attention.
+CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def lora_config(rank: int, alpha: int | None, targets: tuple[str, ...] = UNET_LORA_TARGETS):

@@ -18,12 +18,12 @@ from ...model_paths import resolve_model_path
 from .. import data
 from ..config import DDPMConfig
 from ..model_card import ModelCardInfo
-from .common import lora_config, model_source, move, per_sample_mse, pixels
+from .common import CLIP_LORA_TARGETS, lora_config, model_source, move, per_sample_mse, pixels
 
 
 class DDPMRecipe:
     """The loop's hooks for a UNet trained with DDPM noising. Subclasses set ``pipeline_cls`` and implement
-    ``load``, ``encode_text`` and ``predict``; the class attribute ``lora`` selects LoRA (peft) over a full
+    ``load``, ``tokenize``, ``encode_ids`` and ``predict``; the class attribute ``lora`` selects LoRA (peft) over a full
     fine-tune, and with it the LoRA flags."""
 
     config_cls: ClassVar[type[DDPMConfig]] = DDPMConfig
@@ -46,7 +46,7 @@ class DDPMRecipe:
         args.add_ddpm_args(parser)
         args.add_image_data_args(parser)
         if cls.lora:
-            args.add_lora_args(parser, text_encoder=False)
+            args.add_lora_args(parser, text_encoder=True)
 
     # ---- setup -------------------------------------------------------------------------------------
     def load_denoising_parts(self) -> str:
@@ -85,13 +85,24 @@ class DDPMRecipe:
                     p.data = p.data.float()
         else:
             self.unet.to(device)
+        if cfg.train_text_encoder:  # LoRA on CLIP's attention too, trained in fp32 like the UNet's
+            for encoder in self.text_encoders:
+                encoder.add_adapter(lora_config(cfg.rank, cfg.lora_alpha, CLIP_LORA_TARGETS))
+                for p in encoder.parameters():
+                    if p.requires_grad:
+                        p.data = p.data.float()
+                encoder.train()
+                if cfg.gradient_checkpointing:
+                    encoder.gradient_checkpointing_enable()
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         attention.set_attention(self.unet, cfg.attention, device_kind, weight_dtype)
         self.unet.train()
-        if cfg.proportion_empty_prompts > 0:  # the empty prompt's embeddings, (1, ...), for _drop_prompts
+        self.trained = TextAndUNet(self.unet, self.text_encoders, self) if cfg.train_text_encoder else self.unet
+        if cfg.proportion_empty_prompts > 0:  # the empty prompt's (1, ...) embeddings or token ids, for _drop_prompts
             with torch.no_grad():
-                self._empty_prompt = self.encode_text([""])
+                empty = self.tokenize([""])
+                self._empty_prompt = empty if cfg.train_text_encoder else self.encode_ids(empty)
 
     def vae_in_fp32(self) -> bool:
         """Keep the VAE in fp32 whatever the mixed precision (SDXL's VAE overflows in fp16)."""
@@ -101,7 +112,8 @@ class DDPMRecipe:
         return [self.vae, *self.text_encoders]
 
     def frozen_encoders(self) -> list[torch.nn.Module]:
-        return self.frozen_modules()  # the empty prompt for --proportion_empty_prompts is encoded in prepare
+        # The empty prompt for --proportion_empty_prompts is encoded in prepare; trained text encoders stay.
+        return [self.vae] if self.cfg.train_text_encoder else self.frozen_modules()
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         return data.image_caption_dataset(self.cfg)
@@ -118,10 +130,10 @@ class DDPMRecipe:
                            cfg.pretrained_vae_model_name_or_path, str(self.weight_dtype)])  # fmt: skip
 
     def trainable_model(self) -> torch.nn.Module:
-        return self.unet
+        return self.trained
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.unet.parameters() if p.requires_grad]
+        return [p for p in self.trained.parameters() if p.requires_grad]
 
     def make_ema(self):
         """diffusers' EMAModel over the UNet (full fine-tune only), or None."""
@@ -141,11 +153,16 @@ class DDPMRecipe:
         """Pixels to latents (with the random flip) and captions to embeddings: the frozen part of a step."""
         images = pixels(batch, self.device, self.vae.dtype, self.cfg.random_flip)
         latents = self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
+        ids = self.tokenize(list(batch["captions"]))
         return {
             "latents": latents.float(),
-            **self.encode_text(list(batch["captions"])),
+            # With --train_text_encoder the encoders run inside the step (TextAndUNet), with gradients.
+            **(ids if self.cfg.train_text_encoder else self.encode_ids(ids)),
             **self.micro_conditioning(batch),
         }
+
+    def encode_text(self, captions: list[str]) -> dict:
+        return self.encode_ids(self.tokenize(captions))
 
     def micro_conditioning(self, batch: dict) -> dict[str, torch.Tensor]:
         """Per-example conditioning besides the text (SDXL: size and crop ids); none for SD 1.x/2.x."""
@@ -185,7 +202,12 @@ class DDPMRecipe:
         ).long()
         noisy = sched.add_noise(latents, noise, timesteps)
         target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
-        loss = per_sample_mse(self.predict(model, noisy, timesteps, encoded), target)
+        pred = (
+            model(noisy, timesteps, encoded)
+            if self.cfg.train_text_encoder
+            else self.predict(model, noisy, timesteps, encoded)
+        )
+        loss = per_sample_mse(pred, target)
         weights = self._snr_weights(timesteps)
         return loss if weights is None else loss * weights
 
@@ -202,25 +224,28 @@ class DDPMRecipe:
     def save_checkpoint_model(self, unet: torch.nn.Module, directory: Path) -> None:
         """``checkpoint-N/unet`` (and ``unet_ema``) as diffusers' scripts lay them out, or the LoRA file."""
         if self.lora:
-            self.save_lora(unet, directory)
+            self.save_lora(directory)
             return
         unet.save_pretrained(str(directory / "unet"), safe_serialization=True)
         if self.ema is not None:
             self.ema.save_pretrained(str(directory / "unet_ema"))
 
-    def save_lora(self, unet: torch.nn.Module, directory: Path) -> None:
+    def save_lora(self, directory: Path) -> None:
         """``pytorch_lora_weights.safetensors`` for stock ``load_lora_weights``, its PEFT config (rank, alpha,
         targets) in the safetensors metadata, so a LoRA with ``--lora_alpha`` != ``--rank`` reloads at its scale;
+        text-encoder LoRA under the ``text_encoder`` / ``text_encoder_2`` names stock diffusers expects;
         ``--lora_format kohya``: the same file in kohya's names and alphas (stock diffusers reads it too)."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        self.pipeline_cls.save_lora_weights(
-            save_directory=str(directory),
-            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            safe_serialization=True,
-        )
+        parts = {"unet": self.unet}
+        if self.cfg.train_text_encoder:
+            parts.update(zip(("text_encoder", "text_encoder_2"), self.text_encoders))
+        layers = {}
+        for name, module in parts.items():
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+            layers[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
+        self.pipeline_cls.save_lora_weights(save_directory=str(directory), safe_serialization=True, **layers)
         if self.cfg.lora_format == "kohya":
             from ...convert.kohya_lora import FILE_NAME, convert_file_to_kohya
 
@@ -229,7 +254,7 @@ class DDPMRecipe:
     def save_weights(self, unet: torch.nn.Module, output_dir: Path) -> None:
         """Full fine-tune: a whole diffusers pipeline; LoRA: weights stock ``load_lora_weights`` loads."""
         if self.lora:
-            self.save_lora(unet, output_dir)
+            self.save_lora(output_dir)
             return
         if self.ema is not None:
             self.ema.copy_to(unet.parameters())
@@ -253,8 +278,23 @@ class DDPMRecipe:
 
         return (prompts(self.cfg) or ["a photo"])[0].replace('"', "'")
 
-    def validation_pipeline(self, unet: torch.nn.Module):
-        """A pipeline over the live modules, for validation images during training."""
+    def validation_pipeline(self, model: torch.nn.Module):
+        """A pipeline over the live modules (their LoRA included), for validation images during training."""
         return self.pipeline_cls.from_pretrained(
-            self.model_path, unet=unet, vae=self.vae, **self.text_components(), dtype=self.weight_dtype
+            self.model_path, unet=self.unet, vae=self.vae, **self.text_components(), dtype=self.weight_dtype
         )
+
+
+class TextAndUNet(torch.nn.Module):
+    """The trained module under ``--train_text_encoder``: the text encoders (with their LoRA) and the UNet in one
+    forward, so accelerate (DDP) sees every trained parameter. ``encoded`` holds token ids; the recipe's
+    ``encode_ids`` and ``predict`` do the rest, on these same modules."""
+
+    def __init__(self, unet: torch.nn.Module, text_encoders: list[torch.nn.Module], recipe: DDPMRecipe):
+        super().__init__()
+        self.unet, self.text_encoders = unet, torch.nn.ModuleList(text_encoders)
+        self._recipe = [recipe]  # a list: not a submodule, not in the state dict
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, encoded: dict) -> torch.Tensor:
+        recipe = self._recipe[0]
+        return recipe.predict(self.unet, noisy, timesteps, {**encoded, **recipe.encode_ids(encoded)})

@@ -28,12 +28,11 @@ from .. import data
 from ..config import FluxLoRAConfig
 from ..dreambooth_data import DreamBoothDataset, ensure_class_images, folder_rows, list_images
 from ..model_card import ModelCardInfo
-from .common import UNET_LORA_TARGETS, lora_config, model_source, per_sample_mse, pixels
+from .common import CLIP_LORA_TARGETS, UNET_LORA_TARGETS, lora_config, model_source, per_sample_mse, pixels
 
 logger = logging.getLogger("diffusers_npu.train")
 
 TRANSFORMER_LORA_TARGETS = UNET_LORA_TARGETS  # to_k, to_q, to_v, to_out.0 of every FLUX attention block
-CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # --train_text_encoder: CLIP only, T5 stays frozen
 
 
 def add_lora(model: torch.nn.Module, cfg: FluxLoRAConfig, targets: tuple[str, ...], flag: str) -> None:

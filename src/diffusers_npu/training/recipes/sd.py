@@ -29,10 +29,13 @@ class SDRecipe(DDPMRecipe):
     def text_components(self) -> dict:
         return {"text_encoder": self.text_encoder, "tokenizer": self.tokenizer}
 
-    def encode_text(self, captions: list[str]) -> dict:
+    def tokenize(self, captions: list[str]) -> dict:
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids  # fmt: skip
-        hidden = self.text_encoder(ids.to(self.device), return_dict=False)[0]  # (B, 77, C)
+        return {"input_ids": ids}  # (B, 77)
+
+    def encode_ids(self, encoded: dict) -> dict:
+        hidden = self.text_encoder(encoded["input_ids"].to(self.device), return_dict=False)[0]  # (B, 77, C)
         return {"encoder_hidden_states": hidden}
 
     def predict(

@@ -6,6 +6,8 @@ import torch
 
 from .ddpm import DDPMRecipe
 
+IDS = ("input_ids", "input_ids_2")  # the two tokenizers' ids in a batch
+
 
 class SDXLRecipe(DDPMRecipe):
     """The UNet takes ``added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}`` (Podell et al., 2023 §2.2)."""
@@ -39,13 +41,17 @@ class SDXLRecipe(DDPMRecipe):
         tok1, tok2 = self.tokenizers
         return {"text_encoder": te1, "text_encoder_2": te2, "tokenizer": tok1, "tokenizer_2": tok2}
 
-    def encode_text(self, captions: list[str]) -> dict:
+    def tokenize(self, captions: list[str]) -> dict:
+        """Token ids for each encoder, (B, 77) each: ``input_ids`` and ``input_ids_2``."""
+        return {key: tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids
+                for key, tokenizer in zip(IDS, self.tokenizers)}  # fmt: skip
+
+    def encode_ids(self, encoded: dict) -> dict:
         """Penultimate hidden states of both encoders, concatenated; pooled output of the second."""
         hidden_states = []
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
-            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids  # fmt: skip
-            out = encoder(ids.to(self.device), output_hidden_states=True, return_dict=False)
+        for key, encoder in zip(IDS, self.text_encoders):
+            out = encoder(encoded[key].to(self.device), output_hidden_states=True, return_dict=False)
             pooled = out[0]  # the last encoder's projected pooled output, (B, C2)
             hidden_states.append(out[-1][-2])  # (B, 77, Ci)
         return {"encoder_hidden_states": torch.cat(hidden_states, dim=-1), "pooled": pooled.float()}
