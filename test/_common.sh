@@ -9,6 +9,7 @@
 #   --dataset_name=NAME                      hub dataset (default lambdalabs/pokemon-blip-captions, as the reference)
 #   --model_path=DIR | --model_name=ID       model directory or hub id (default: the launcher's reference model)
 #   --output_dir=DIR                         default test/output/<case name>; train.log and <case>.log go there
+#   (each of these also as --flag VALUE)
 #   --nproc=N                                processes per node; default min(launcher's NPROC, devices present)
 #   --batch_size= --max_train_steps= --mixed_precision= --resolution=   as the reference launchers
 #   --tiny                                   built-in tiny model + generated shapes dataset; offline, seconds
@@ -22,7 +23,15 @@ CASE_FILE="$(basename "$0" .sh)"
 
 USER_DATA="" USER_DATASET="" USER_MODEL="" USER_OUT="" USER_NPROC="" TINY=0 PASSTHROUGH=()
 declare -A USER=()
-for arg in "$@"; do
+die() { echo "error: $*" >&2; exit 2; }
+ours='--data_path|--local_data_dir|--dataset_name|--model_path|--model_name|--output_dir|--nproc|--batch_size|--max_train_steps|--mixed_precision|--resolution'
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  arg="${args[i]}"
+  if [[ $arg =~ ^($ours)$ ]]; then  # "--flag value" as well as "--flag=value"
+    (( i + 1 < ${#args[@]} )) || die "$arg needs a value, e.g. $arg=VALUE"
+    i=$((i + 1)); arg="$arg=${args[i]}"
+  fi
   case "$arg" in
     --data_path=*|--local_data_dir=*) USER_DATA="${arg#*=}" ;;
     --dataset_name=*) USER_DATASET="${arg#*=}" ;;
@@ -35,6 +44,10 @@ for arg in "$@"; do
     *) PASSTHROUGH+=("$arg") ;;
   esac
 done
+for k in batch_size max_train_steps resolution; do
+  [[ -z ${USER[$k]:-} || ${USER[$k]} =~ ^[1-9][0-9]*$ ]] || die "--$k=${USER[$k]} must be a positive integer"
+done
+[[ -z $USER_NPROC || $USER_NPROC =~ ^[1-9][0-9]*$ ]] || die "--nproc=$USER_NPROC must be a positive integer (processes per node)"
 
 note() { echo "note: $*" >&2; }
 
@@ -65,7 +78,11 @@ resolve_settings() {
 resolve_data_and_model() {
   if (( TINY )); then
     MODEL="${USER_MODEL:-tiny:$TINY_KIND}"
-    DATA_ARGS=(--train_data_dir "${USER_DATA:-$("$PYTHON" -m diffusers_npu.training.data shapes "$OUTPUT_DIR/data" --num_images 16 --resolution 32)}")
+    local data="$OUTPUT_DIR/data"  # generated once, reused by a rerun into the same output folder
+    if [[ -z $USER_DATA && ! -f "$data/metadata.jsonl" ]]; then
+      "$PYTHON" -m diffusers_npu.training.data shapes "$data" --num_images 16 --resolution 32 >/dev/null
+    fi
+    DATA_ARGS=(--train_data_dir "${USER_DATA:-$data}")
   else
     MODEL="${USER_MODEL:-$MODEL_NAME}"
     if [[ -n $USER_DATA ]]; then DATA_ARGS=(--train_data_dir "$USER_DATA"); else DATA_ARGS=(--dataset_name "${USER_DATASET:-lambdalabs/pokemon-blip-captions}"); fi

@@ -50,3 +50,11 @@ def _fresh_accelerate_state():
     state = sys.modules.get("accelerate.state")
     if state is not None:
         state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def shapes_small(tmp_path_factory) -> Path:
+    """4 generated 32x32 captioned shapes (an imagefolder with metadata.jsonl), for tests outside training/."""
+    from diffusers_npu.training.data import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", num_images=4, resolution=32)

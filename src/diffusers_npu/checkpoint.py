@@ -72,11 +72,22 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
-    """Verify checkpoint ``path`` (one-line error if missing or truncated), restore it, return its manifest."""
+def load_checkpoint(accelerator, path: Path, trainable_only: bool) -> dict:
+    """Verify checkpoint ``path`` (one-line error if missing or truncated), restore it, return its manifest.
+
+    ``trainable_only``: whether this run saves only trainable parameters (LoRA); a checkpoint of the other kind
+    (a full fine-tune's with a LoRA script, or the reverse) is refused, and so is one that does not restore.
+    """
     manifest = verify_checkpoint(path)
-    # A trainable-only checkpoint restores the trained parameters; the frozen rest is already loaded.
-    accelerator.load_state(str(path), strict=not manifest.get(TRAINABLE_ONLY, False))
+    if bool(manifest.get(TRAINABLE_ONLY, False)) != trainable_only:
+        written = "a LoRA run (adapters only)" if manifest.get(TRAINABLE_ONLY) else "a full fine-tune"
+        raise UserError(f"checkpoint {path} was written by {written}; resume it with the script that wrote it")
+    try:  # a trainable-only checkpoint restores the trained parameters; the frozen rest is already loaded
+        accelerator.load_state(str(path), strict=not trainable_only)
+    except Exception as err:  # torch, safetensors and pickle raise many types for foreign or damaged files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"checkpoint {path} does not restore into this run ({first}); it is damaged or from "
+                        "another model or settings: resume from another checkpoint or start afresh") from None  # fmt: skip
     return manifest
 
 
@@ -126,8 +137,10 @@ def verify_checkpoint(path: Path) -> dict:
         raise UserError(f"checkpoint {path} is incomplete (no {MANIFEST}); {hint}")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"checkpoint {path} has a corrupt {MANIFEST} ({err}); {hint}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"checkpoint {path} has a corrupt {MANIFEST} ({err}); {hint}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "step" not in manifest:
+        raise UserError(f"checkpoint {path} has a corrupt {MANIFEST} (not a step and file list); {hint}")
     for name, size in manifest["files"].items():
         file = path / name
         if not file.is_file() or file.stat().st_size != size:

@@ -10,8 +10,18 @@ import argparse
 import importlib
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
-from .errors import cli_entry
+from .errors import UserError, cli_entry
+
+
+def _unreadable() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, EOFError, UnicodeDecodeError, pickle.UnpicklingError)
+
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("diffusers_npu.convert:add_arguments",
@@ -49,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen subcommand; return its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    return int(args.func(args) or 0)
+    if getattr(args, "before", None) is not None:  # a subcommand's checks before its work (convert: outputs)
+        args.before(args)
+    try:
+        return int(args.func(args) or 0)
+    except _unreadable() as err:  # a truncated or foreign input file, wherever a reader met it
+        files = [str(v) for v in vars(args).values() if isinstance(v, (str, Path)) and Path(v).is_file()]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"cannot read {' or '.join(files) or 'the input'} ({first}); is it a complete file of "
+                        "the kind this command takes?") from None  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -97,8 +97,8 @@ def pair_up(a: Path, b: Path) -> list[tuple[str, Path, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threshold < 0:
-        raise UserError(f"--threshold {args.threshold} must be >= 0 (mean abs error, 0-255)")
+    if not args.threshold >= 0:  # NaN too: every comparison with NaN is false
+        raise UserError(f"--threshold {args.threshold} must be a number >= 0 (mean abs error, 0-255), e.g. 5")
     results = [(name, compare_images(pa, pb)) for name, pa, pb in pair_up(args.a, args.b)]
     for name, m in results:
         print(f"{name}: {m.line()}")

@@ -40,3 +40,35 @@ def resolve_model_path(
             f"{flag} {name} does not exist locally{' and the hub is offline' if looks_like_hub_id else ''}; pass a local diffusers folder or tiny:sd15"
         )
     return name
+
+
+def pipeline_family(class_name: str) -> str:
+    """The model family of a diffusers pipeline class name: ``sdxl``, ``sd3``, ``sd`` (1.x/2.x), ``flux``, or
+    the name itself. Img2img, inpainting and ControlNet variants of a family belong to it."""
+    if class_name.startswith("StableDiffusion3"):
+        return "sd3"
+    if class_name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    if class_name.startswith("StableDiffusion"):
+        return "sd"
+    if class_name.startswith("Flux"):
+        return "flux"
+    return class_name
+
+
+def check_family(path: str, pipeline_cls_name: str, flag: str) -> None:
+    """One line if the local model folder ``path`` (its ``model_index.json``) is not of ``pipeline_cls_name``'s
+    family, e.g. an SDXL folder given to the SD script. Hub ids are checked by diffusers when they load."""
+    import json
+
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return
+    try:
+        found = json.loads(index.read_text()).get("_class_name", "")
+    except (ValueError, AttributeError):
+        raise UserError(f"{flag} {path}: model_index.json is not valid JSON; re-save the model") from None
+    if pipeline_family(found) != pipeline_family(pipeline_cls_name):
+        raise UserError(
+            f"{flag} {path} is a {found} model; this script trains {pipeline_cls_name} (use the matching script)"
+        )

@@ -80,7 +80,7 @@ def test_bad_conversions_are_one_line_errors(tmp_path, capsys):
     before = file.read_bytes()
     capsys.readouterr()
     cases = [
-        (["convert", "lora-to-kohya", str(file), str(file)], "is the input"),
+        (["convert", "lora-to-kohya", str(file), str(file)], "is also the input"),
         (["convert", "lora-to-kohya", str(tmp_path / "missing.safetensors"), str(tmp_path / "k.safetensors")], "not a readable"),
         (["convert", "kohya-to-lora", str(tmp_path / "missing.safetensors"), str(tmp_path / "o"),
           "--pretrained_model_name_or_path", "tiny:sd15"], "is not a file"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
+
 _P = "diffusers_npu.convert."
 CONVERTERS: dict[str, tuple[str, str]] = {
     "mindone-lora": (_P + "mindone_lora:add_from_mindone_args",
@@ -34,10 +36,29 @@ CONVERTERS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """The ``convert`` subcommand: one sub-subcommand per entry of ``CONVERTERS``."""
+    """The ``convert`` subcommand: one sub-subcommand per entry of ``CONVERTERS``, each writing ``out``, which is
+    checked before the conversion runs (``check_output``)."""
     from ..cli import add_lazy_subcommands
 
     add_lazy_subcommands(parser, CONVERTERS, argv, "what")
+    parser.set_defaults(before=check_output)
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """``out`` of a converter: never one of its input paths, never a folder where a file (a name with a suffix)
+    is written, and writable; a folder output (no suffix) must not be an existing file."""
+    from ..paths import output_dir, output_file
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    inputs = [Path(v) for k, v in vars(args).items() if k != "out" and isinstance(v, (str, Path)) and Path(v).exists()]
+    if Path(out).suffix:
+        output_file(out, inputs, "OUT")
+    else:
+        if any(Path(out).resolve() == i.resolve() for i in inputs):
+            raise UserError(f"OUT {out} is also an input; name another folder, the input is kept")
+        output_dir(out, "OUT")
 
 
 def existing_file(value: str) -> Path:

@@ -156,7 +156,7 @@ def _input(path: Path) -> Path:
 def run_to_kohya(args) -> int:
     src = _input(args.lora)
     if args.out.resolve() == src.resolve():
-        raise UserError(f"the output {args.out} is the input; name another file")
+        raise UserError(f"OUT {args.out} is also the input; name another file, the input is kept")
     tensors, metadata = _read(src)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_kohya(diffusers_to_kohya(tensors, metadata), args.out)

@@ -242,6 +242,10 @@ def _looks_like_hub_id(value: str | None) -> bool:
 
 def _check(cfg: InferConfig) -> None:
     """Bad values as one-line errors naming the flag and the fix."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{f.name} {value} is not a finite number")
     for name in ("num_inference_steps", "batch_size", "num_images_per_prompt", "benchmark"):
         _positive(name, getattr(cfg, name))
     for name in ("height", "width"):

@@ -30,12 +30,14 @@ def load_npy(path: str, flag: str, layout: str) -> np.ndarray:
         raise UserError(f"{flag} {path} not found; pass an existing .npy file (e.g. one written by --dump_latents)")
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as err:
+    except (ValueError, OSError, EOFError) as err:
         raise UserError(f"{flag} {path} is not a plain .npy array ({err}); save it with numpy.save") from None
-    if array.ndim != layout.count(",") + 1 or not np.issubdtype(array.dtype, np.floating):
+    if array.ndim != layout.count(",") + 1 or not np.issubdtype(array.dtype, np.floating) or array.size == 0:
         raise UserError(
             f"{flag} {path} has shape {tuple(array.shape)} ({array.dtype}); expected a float array {layout}"
         )
+    if not np.isfinite(array).all():
+        raise UserError(f"{flag} {path} holds NaN or inf values; write finite latents or noise")
     return array
 
 

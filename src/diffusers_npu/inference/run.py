@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .. import devices, samplers
+from .. import devices, paths, samplers
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
@@ -57,7 +57,13 @@ def read_prompts(cfg: InferConfig) -> list[str]:
         return [""]
     if cfg.prompts_file is None:
         return [cfg.prompt]
-    lines = [line.strip() for line in Path(cfg.prompts_file).read_text().splitlines() if line.strip()]
+    try:
+        text = Path(cfg.prompts_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"--prompts_file {cfg.prompts_file} cannot be read as UTF-8 text ({err}); pass a text file"
+        ) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UserError(f"--prompts_file {cfg.prompts_file} has no prompts; write one prompt per line")
     return lines
@@ -300,6 +306,7 @@ def run(cfg: InferConfig) -> dict[str, Any]:
     """Run ``cfg``; write the PNGs, ``<task>.json`` and (with --dump_latents) the .npy files; return the record."""
     check_environment()
     setup_logging()
+    paths.output_dir(cfg.output_dir)  # before loading or generating anything
     device = devices.get_device(cfg.device)
     dtype = device.check_dtype(devices.parse_dtype(cfg.dtype))
     prompts, images = read_prompts(cfg), read_images(cfg)

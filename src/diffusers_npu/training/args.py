@@ -330,14 +330,42 @@ def _apply_yaml(parser: argparse.ArgumentParser, path: str) -> None:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--config {path} does not exist; pass a YAML file of flag: value pairs")
-    values = yaml.safe_load(file.read_text()) or {}
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"--config {path} is not valid YAML ({first}); write flag: value lines") from None
     if not isinstance(values, dict):
         raise UserError(f"--config {path} must be a mapping of flag names to values")
-    known = {a.dest for a in parser._actions}
-    unknown = sorted(set(values) - known)
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # a dest's own flag, added before the reference's aliases of it
+        actions.setdefault(action.dest, action)
+    unknown = sorted(set(values) - set(actions))
     if unknown:
         raise UserError(f"--config {path} has unknown keys {unknown}; use the flag names without '--'")
-    parser.set_defaults(**values)
+    parser.set_defaults(**{key: _yaml_value(actions[key], value, path) for key, value in values.items()})
+
+
+def _yaml_value(action: argparse.Action, value, path: str):
+    """A ``--config`` value converted as its flag's would be, or a one-line error naming the key."""
+    if value is None:
+        return None
+    if action.nargs == 0:  # store_true / store_const flags
+        if not isinstance(value, bool):
+            raise UserError(f"--config {path}: {action.dest} is a switch; write true or false, not {value!r}")
+        return action.const if value else action.default
+    try:
+        convert = action.type or (lambda v: v)
+        value = [convert(v) for v in value] if isinstance(value, list) else convert(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--config {path}: {action.dest} {value!r} is not a valid value for --{action.dest}") from None
+    if isinstance(value, (dict, list)) and action.nargs is None:
+        raise UserError(f"--config {path}: {action.dest} takes one value, not {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise UserError(
+            f"--config {path}: {action.dest} {value!r} is not one of {', '.join(map(str, action.choices))}"
+        )
+    return value
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, config_cls: type[TrainConfig]) -> TrainConfig:

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, fields
 
 from ..errors import UserError
+
+
+def _compile_backends() -> list[str]:
+    """torch.compile's registered backend names (torch._dynamo.list_backends, experimental ones included)."""
+    if not hasattr(_compile_backends, "names"):
+        import torch._dynamo
+
+        from .. import devices
+
+        devices.is_npu_available()  # importing torch_npu registers its backends
+
+        _compile_backends.names = sorted(torch._dynamo.list_backends(exclude_tags=()))
+    return _compile_backends.names
 
 
 @dataclass(frozen=True)
@@ -91,13 +105,30 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        """One-line errors for settings that are wrong before anything runs."""
+        """One-line errors for settings that are wrong before anything runs: any number that is not finite
+        (NaN and inf are never a setting), then each class's range checks."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{f.name} {value} is not a finite number")
         for ok, message in self._checks():
             if not ok:
                 raise UserError(message)
 
     def _checks(self) -> list[tuple[object, str]]:
+        seeds = [s for s in (self.seed, self.validation_seed) if s is not None]
+        backends = _compile_backends() if self.torch_compile else []
         return [
+            (self.learning_rate > 0, f"--learning_rate {self.learning_rate} must be > 0, e.g. 1e-4"),
+            (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "--adam_beta1 and --adam_beta2 must be in [0, 1), e.g. 0.9 and 0.999"),
+            (self.adam_epsilon > 0 and self.adam_weight_decay >= 0, "--adam_epsilon must be > 0 and --adam_weight_decay >= 0"),
+            (self.max_grad_norm >= 0, "--max_grad_norm must be >= 0 (0 disables clipping)"),
+            (self.init_loss_scale > 0, "--init_loss_scale must be > 0, e.g. 65536"),
+            (all(0 <= s < 2**32 for s in seeds), f"--seed / --validation_seed must be in [0, 2**32) (numpy's seed range), got {seeds}"),
+            (self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0 (0: load in the training process)"),
+            (self.logging_steps >= 1 and self.lr_warmup_steps >= 0 and self.timing_warmup_steps >= 0, "--logging_steps must be >= 1, --lr_warmup_steps and --timing_warmup_steps >= 0"),
+            (self.max_train_samples is None or self.max_train_samples >= 1, "--max_train_samples must be >= 1"),
+            (self.torch_compile is None or self.torch_compile in backends, f"--torch_compile {self.torch_compile!r} is not a torch.compile backend here; use inductor (default) or one of {', '.join(b for b in backends if 'TESTING' not in b)}"),
             (self.resolution % 8 == 0 and self.resolution > 0, f"--resolution {self.resolution} must be a positive multiple of 8 (the VAE downsamples by 8)"),
             (self.train_batch_size >= 1, "--train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1"),
@@ -171,6 +202,9 @@ class DDPMConfig(ImageDataConfig):
             (self.lora_format in ("diffusers", "kohya"), f"--lora_format {self.lora_format!r}: use diffusers or kohya"),
             (not (self.train_text_encoder and self.caches), "--train_text_encoder cannot be combined with --cache_latents / --cache_latents_to_disk (the text embeddings change while training); drop one"),
             (0.0 <= self.proportion_empty_prompts <= 1.0, "--proportion_empty_prompts must be in [0, 1]"),
+            (0.0 <= self.ema_decay <= 1.0, "--ema_decay must be in [0, 1], e.g. 0.9999"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "--snr_gamma must be > 0 (5.0 is the paper's choice)"),
+            (self.noise_offset >= 0, "--noise_offset must be >= 0, e.g. 0.05"),
         ]  # fmt: skip
 
 
@@ -220,6 +254,7 @@ class FluxLoRAConfig(ImageDataConfig):
             (self.instance_prompt, "--instance_prompt is required, e.g. --instance_prompt 'a photo of sks dog'"),
             (self.weighting_scheme in WEIGHTING_SCHEMES, f"--weighting_scheme {self.weighting_scheme!r}: use one of {', '.join(WEIGHTING_SCHEMES)}"),
             (self.prior_loss_weight >= 0, "--prior_loss_weight must be >= 0"),
+            (self.logit_std > 0, "--logit_std must be > 0"),
             (self.num_class_images >= 1 and self.sample_batch_size >= 1, "--num_class_images and --sample_batch_size must be >= 1"),
             (self.max_sequence_length >= 1, "--max_sequence_length must be >= 1"),
             (not (self.cache_text_embeddings and self.train_text_encoder), "--cache_text_embeddings cannot be combined with --train_text_encoder (the CLIP embeddings change); drop one"),

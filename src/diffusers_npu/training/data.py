@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     shapes.add_argument("--resolution", type=int, default=64)
     shapes.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"{args.out} exists and is not an empty folder; name a new folder (nothing was written)")
+    if args.num_images < 1 or args.resolution < 8:
+        raise UserError("--num_images must be >= 1 and --resolution >= 8")
     print(make_shapes_dataset(args.out, args.num_images, args.resolution, args.seed))
     return 0
 

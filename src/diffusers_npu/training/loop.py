@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import checkpoint, devices, optim
+from .. import checkpoint, devices, optim, paths
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
@@ -51,13 +51,25 @@ def _check_trackers(report_to: str | None) -> None:
             raise UserError(f"--report_to {report_to} needs {name}: pip install {TRACKER_PACKAGES[name][0]}")
 
 
+def _load(recipe: Recipe, cfg: TrainConfig) -> None:
+    """``recipe.load()``; a damaged model file (truncated, not safetensors, wrong shapes) is one line naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        recipe.load()
+    except (OSError, SafetensorError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path} could not be loaded "
+                        f"({first}); check the model folder's files or download it again") from None  # fmt: skip
+
+
 def _setup(recipe: Recipe, cfg: TrainConfig):
     """Everything before the first step: accelerator, models, data, optimizer, schedule, resume."""
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
+    out = paths.output_dir(cfg.output_dir)  # before any work: a file or an unwritable place is refused now
     device = devices.get_device(cfg.device)
-    out = Path(cfg.output_dir)
     _check_trackers(cfg.report_to)
     resume = checkpoint.resolve_resume(out, cfg.resume_from_checkpoint)
     if resume is not None:
@@ -70,7 +82,7 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     set_seed(cfg.seed)
     weight_dtype = devices.parse_dtype(cfg.mixed_precision)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
-    recipe.load()
+    _load(recipe, cfg)
     recipe.prepare(accelerator.device, device.kind, weight_dtype)
     loader = data_loader.build(recipe, cfg, accelerator, device, out)
     lr = cfg.learning_rate
@@ -95,7 +107,7 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     trainable_only = any(not p.requires_grad for p in model.parameters())  # LoRA: frozen base + adapters
     if trainable_only:
         checkpoint.save_trainable_only(accelerator)
-    step = checkpoint.load_checkpoint(accelerator, resume)["step"] if resume is not None else 0
+    step = checkpoint.load_checkpoint(accelerator, resume, trainable_only)["step"] if resume is not None else 0
     later = [p.name for p in checkpoint.list_checkpoints(out) if checkpoint.step_of(p) > step]
     if later and accelerator.is_main_process:
         logger.warning("%s holds %s from another run: pruning keeps them, and --resume_from_checkpoint latest would "

@@ -53,8 +53,12 @@ def model_source(cfg, pipeline_cls) -> str:
 
     from accelerate import PartialState
 
+    from ...model_paths import check_family
     from ...single_file import resolve
 
+    flag = "--pretrained_model_name_or_path"
     with PartialState().main_process_first():
-        return resolve(cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path", pipeline_cls,
-                       cfg.single_file_config, cfg.original_config, Path(cfg.output_dir))  # fmt: skip
+        path = resolve(cfg.pretrained_model_name_or_path, flag, pipeline_cls, cfg.single_file_config,
+                       cfg.original_config, Path(cfg.output_dir))  # fmt: skip
+    check_family(path, pipeline_cls.__name__, flag)
+    return path
