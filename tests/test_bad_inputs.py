@@ -41,6 +41,9 @@ def files(tmp_path_factory):
     (d / "typed.yaml").write_text("train_batch_size: many\n")
     (d / "switch.yaml").write_text("use_ema: 3\n")
     (d / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "gray").save(d / "image.png")
     return d
 
 
@@ -133,8 +136,22 @@ def test_flux_training_bad_numbers(tmp_path, shapes_small, capsys):
     assert "--guidance_scale nan is not a finite number" in _error_line(main, argv, capsys)
 
 
+def _flux_lora(folder: Path) -> Path:
+    """A FLUX transformer LoRA file (keys ``transformer.*``), as FluxPipeline.save_lora_weights writes them."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = "transformer.transformer_blocks.0.attn.to_q"
+    save_file({f"{key}.lora_A.weight": torch.zeros(4, 32), f"{key}.lora_B.weight": torch.zeros(32, 4)},
+              str(folder / "pytorch_lora_weights.safetensors"))  # fmt: skip
+    return folder
+
+
 def test_inference_bad_inputs(tmp_path, files, capsys):
     from tests.inference.helpers import FAST, script_main
+
+    flux_lora = _flux_lora(tmp_path / "flux_lora")
 
     cases = [
         ("text-to-image", ["--guidance_scale", "nan"], "--guidance_scale nan is not a finite number"),
@@ -143,6 +160,24 @@ def test_inference_bad_inputs(tmp_path, files, capsys):
         ("text-to-image", ["--prompts_file", str(files)], "cannot be read as UTF-8 text"),
         ("text-to-image", ["--prompts_file", str(files / "latin1.txt")], "cannot be read as UTF-8 text"),
         ("text-to-image", ["--output_dir", str(files / "notes.txt")], "is a file; pass a folder"),
+        (
+            "sdxl-base",
+            ["--model_path", str(_tiny("sd15"))],
+            "is a StableDiffusionPipeline model; this task runs StableDiffusionXLPipeline",
+        ),
+        ("flux-lora", ["--model_path", str(_tiny("sd15")), "--lora_path", str(files)], "this task runs FluxPipeline"),
+        (
+            "text-guide-depth-to-image",
+            ["--model_path", str(_tiny("sd15")), "--image", str(files / "image.png")],
+            "this task needs a StableDiffusionDepth2ImgPipeline",
+        ),
+        ("unconditional-image-generation", ["--model_path", str(_tiny("sd15"))], "this task needs a DDPMPipeline"),
+        (
+            "text-to-image",
+            ["--unet_path", str(_tiny("sd15") / "vae")],
+            "holds a AutoencoderKL, not a UNet2DConditionModel",
+        ),
+        ("text-to-image", ["--lora_path", str(flux_lora)], "it is a LoRA for another model"),
     ]
     for name, flags, expected in cases:
         argv = [*FAST, "--output_dir", str(tmp_path / "out"), *flags]

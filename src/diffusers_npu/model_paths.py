@@ -56,19 +56,22 @@ def pipeline_family(class_name: str) -> str:
     return class_name
 
 
-def check_family(path: str, pipeline_cls_name: str, flag: str) -> None:
-    """One line if the local model folder ``path`` (its ``model_index.json``) is not of ``pipeline_cls_name``'s
-    family, e.g. an SDXL folder given to the SD script. Hub ids are checked by diffusers when they load."""
+def model_class(path: str, flag: str) -> str | None:
+    """The ``_class_name`` of a local model folder's ``model_index.json`` (None for a hub id)."""
     import json
 
     index = Path(path) / "model_index.json"
     if not index.is_file():
-        return
+        return None
     try:
-        found = json.loads(index.read_text()).get("_class_name", "")
-    except (ValueError, AttributeError):
+        return json.loads(index.read_text()).get("_class_name", "")
+    except (ValueError, AttributeError, UnicodeDecodeError):
         raise UserError(f"{flag} {path}: model_index.json is not valid JSON; re-save the model") from None
-    if pipeline_family(found) != pipeline_family(pipeline_cls_name):
-        raise UserError(
-            f"{flag} {path} is a {found} model; this script trains {pipeline_cls_name} (use the matching script)"
-        )
+
+
+def check_family(path: str, pipeline_cls_name: str, flag: str, task: str = "this script trains") -> None:
+    """One line if the local model folder ``path`` is not of ``pipeline_cls_name``'s family (``pipeline_family``),
+    e.g. an SDXL folder given to the SD script. Hub ids are checked by diffusers when they load."""
+    found = model_class(path, flag)
+    if found is not None and pipeline_family(found) != pipeline_family(pipeline_cls_name):
+        raise UserError(f"{flag} {path} is a {found} model; {task} {pipeline_cls_name} (use the matching script)")

@@ -13,6 +13,7 @@ import torch
 
 from .. import attention, samplers
 from ..errors import UserError
+from ..model_paths import check_family, model_class
 from ..single_file import resolve
 from .args import InferConfig
 
@@ -24,6 +25,7 @@ class TaskSpec:
     loader: str  # diffusers class whose from_pretrained loads the model
     from_noise: bool = True  # starts from pure noise, so --init_latent_path applies
     prompts: bool = True
+    model: str | None = None  # the pipeline class (or family member) --model_path must be, when only one fits
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -32,14 +34,33 @@ TASKS: dict[str, TaskSpec] = {
     "lora": TaskSpec("DiffusionPipeline"),
     "text-guide-img-to-img": TaskSpec("AutoPipelineForImage2Image", from_noise=False),
     "text-guide-image-inpainting": TaskSpec("AutoPipelineForInpainting", from_noise=False),
-    "text-guide-depth-to-image": TaskSpec("DiffusionPipeline", from_noise=False),
-    "unconditional-image-generation": TaskSpec("DiffusionPipeline", from_noise=False, prompts=False),
-    "sdxl-base": TaskSpec("DiffusionPipeline"),
-    "sdxl-refiner": TaskSpec("AutoPipelineForImage2Image", from_noise=False),
-    "sdxl-pipeline": TaskSpec("DiffusionPipeline"),  # base from noise, then the refiner on its latents
+    "text-guide-depth-to-image": TaskSpec(
+        "DiffusionPipeline", from_noise=False, model="StableDiffusionDepth2ImgPipeline"
+    ),
+    "unconditional-image-generation": TaskSpec(
+        "DiffusionPipeline", from_noise=False, prompts=False, model="DDPMPipeline"
+    ),
+    "sdxl-base": TaskSpec("DiffusionPipeline", model="StableDiffusionXLPipeline"),
+    "sdxl-refiner": TaskSpec("AutoPipelineForImage2Image", from_noise=False, model="StableDiffusionXLImg2ImgPipeline"),
+    # base from noise, then the refiner on its latents
+    "sdxl-pipeline": TaskSpec("DiffusionPipeline", model="StableDiffusionXLPipeline"),
     # FLUX packs its latents 2x2, so --init_latent_path's (images, C, H/f, W/f) layout does not apply.
-    "flux-lora": TaskSpec("DiffusionPipeline", from_noise=False),
+    "flux-lora": TaskSpec("DiffusionPipeline", from_noise=False, model="FluxPipeline"),
 }
+EXACT_MODEL = {"StableDiffusionDepth2ImgPipeline", "DDPMPipeline"}  # pipelines no other class of the family replaces
+
+
+def check_model(path: str, flag: str, wanted: str | None) -> None:
+    """One line when the local model folder cannot serve the task: another family (an SD folder to an SDXL
+    script), or not the one pipeline a task needs (depth-to-image, unconditional generation)."""
+    if wanted is None:
+        return
+    found = model_class(path, flag)
+    if found is None:
+        return
+    if wanted in EXACT_MODEL and found != wanted:
+        raise UserError(f"{flag} {path} is a {found} model; this task needs a {wanted} model")
+    check_family(path, wanted, flag, "this task runs")
 
 
 def denoiser(pipe) -> torch.nn.Module:
@@ -66,12 +87,20 @@ def load_pipeline(
     Raises UserError for a missing model directory.
     """
     resolved = resolve(path, flag, None, cfg.single_file_config, cfg.original_config, Path(cfg.output_dir))
+    wanted = "StableDiffusionXLImg2ImgPipeline" if flag == "--refiner_path" else TASKS[cfg.task].model
+    check_model(resolved, flag, wanted)
     kwargs: dict[str, Any] = dict(dtype=dtype, **components)
     if cfg.disable_safety_checker and "safety_checker" in _local_components(resolved):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if cfg.unet_path is not None and flag == "--model_path":
-        if not (Path(cfg.unet_path) / "config.json").is_file():
+        config = Path(cfg.unet_path) / "config.json"
+        if not config.is_file():
             raise UserError(f"--unet_path {cfg.unet_path} is not a diffusers model folder (no config.json); pass one")
+        found = json.loads(config.read_text()).get("_class_name")
+        if found != "UNet2DConditionModel":
+            raise UserError(
+                f"--unet_path {cfg.unet_path} holds a {found}, not a UNet2DConditionModel; pass a UNet folder"
+            )
         kwargs["unet"] = diffusers.AutoModel.from_pretrained(cfg.unet_path, dtype=dtype)
     pipe = getattr(diffusers, loader).from_pretrained(resolved, **kwargs)
     pipe.set_progress_bar_config(disable=True)
@@ -104,10 +133,16 @@ def apply_loras(pipe, loras: list[tuple[str, float]]) -> None:
     for name, (path, _) in zip(names, loras):
         try:
             pipe.load_lora_weights(path, adapter_name=name)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise UserError(
-                f"--lora_path {path} could not be loaded ({str(err).splitlines()[0]}); pass diffusers or kohya LoRA weights"
+                f"--lora_path {path} could not be loaded into {type(pipe).__name__} ({str(err).splitlines()[0][:200]}); "
+                "pass a diffusers or kohya LoRA made for this model"
             ) from None
+        # diffusers only warns when no key of the file fits any component (a LoRA for another model family).
+        if not any(name in adapters for adapters in pipe.get_list_adapters().values()):
+            raise UserError(
+                f"--lora_path {path} has no weights for {type(pipe).__name__}; it is a LoRA for another model"
+            )
     pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
 
 
