@@ -206,6 +206,8 @@ def test_tools_never_overwrite_their_input_and_refuse_bad_files(tmp_path, files,
         main, ["compare", str(files / "notes.txt"), str(files / "notes.txt"), "--threshold", "nan"], capsys
     )
     assert "--threshold nan must be a number >= 0" in line, line
+    line = _error_line(main, ["convert", "sdxl-to-single-file", "tiny:sd15", str(tmp_path / "sd.safetensors")], capsys)
+    assert "is a StableDiffusionPipeline model; this converter writes StableDiffusionXLPipeline" in line, line
     user = tmp_path / "photos"
     user.mkdir()
     (user / "mine.png").write_bytes(b"precious")

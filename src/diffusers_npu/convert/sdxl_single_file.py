@@ -417,14 +417,20 @@ def load_single_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def run_to_single_file(args) -> int:
+    from ..model_paths import check_family
+
     model_dir = local_model_dir(args.model, weights=True)
+    check_family(str(model_dir), "StableDiffusionXLPipeline", "MODEL", "this converter writes")
     state = diffusers_to_single_file(model_dir)
     print(f"wrote {save_single_file(state, args.out, args.half)}: {len(state)} tensors")
     return 0
 
 
 def run_from_single_file(args) -> int:
+    from ..model_paths import check_family
+
     config_dir = local_model_dir(args.config, weights=False, flag="--config")
+    check_family(str(config_dir), "StableDiffusionXLPipeline", "--config", "this converter reads")
     components, dropped = single_file_to_diffusers(load_single_file(args.single_file), config_dir)
     out = save_diffusers_folder(components, config_dir, args.out)
     print(f"wrote {out}: {', '.join(f'{c} {len(sd)} tensors' for c, sd in components.items())}")
