@@ -31,16 +31,32 @@ def install_import_filters() -> None:
         logger.addFilter(_TorchvisionFallbackFilter())
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A stream handler that writes to ``sys.stderr`` as it is at each record, not as it was at setup: a caller
+    that redirects stderr after the first run (a notebook, a test's capture) keeps getting the log."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging() -> None:
     """Our loggers at INFO, everything else at WARNING, library progress bars off. Called by each entry point."""
-    logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING, handlers=[_CurrentStderr()])
     logging.getLogger("diffusers_npu").setLevel(logging.INFO)
     install_import_filters()
     import diffusers
     import transformers
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()
+        # Their warnings through the root handler above: one format, and stderr as it is at each record.
+        library.disable_default_handler()
+        library.enable_propagation()
     # datasets is imported later, and only by runs that load data; it reads this at import and lets an
     # explicit user setting win (datasets/utils/tqdm.py).
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
