@@ -6,6 +6,7 @@ A checkpoint is ``<output_dir>/checkpoint-<step>/``: accelerate's ``save_state``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -55,21 +56,44 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, extra: dict | None
     """
     final = output_dir / f"{PREFIX}{step}"
     tmp = output_dir / f".{final.name}.tmp"
+    previous = list_checkpoints(output_dir)
+    last_good = previous[-1].name if previous else "none"
+    if previous:  # the next checkpoint is about as large as the last one (every rank checks: none waits alone)
+        need, free = _size(previous[-1]), _free_bytes(output_dir)
+        if free < need:
+            raise UserError(f"not enough space on {output_dir} for {final.name} ({free / 2**30:.2f} GiB free, "
+                            f"{need / 2**30:.2f} GiB needed); the last good one is {last_good}: free space, "
+                            "then resume with --resume_from_checkpoint latest")  # fmt: skip
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if export is not None:
-            # Outside the saved random state: EMAModel.save_pretrained initialises a model from its config, which
-            # draws from the CPU generator, and a resumed run must continue the stream the checkpoint recorded.
-            with torch.random.fork_rng(devices=[]):
-                export(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, step, extra or {}), indent=1))
-        replace_dir(tmp, final)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if export is not None:
+                # Outside the saved random state: EMAModel.save_pretrained initialises a model from its config,
+                # which draws from the CPU generator; a resumed run must continue the stream the checkpoint recorded.
+                with torch.random.fork_rng(devices=[]):
+                    export(tmp)
+            (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, step, extra or {}), indent=1))
+            replace_dir(tmp, final)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"no space left on {output_dir} writing {final.name}; the last good one is {last_good}: "
+                        "free space, then resume with --resume_from_checkpoint latest") from None  # fmt: skip
     accelerator.wait_for_everyone()
     return final
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
 
 
 def load_checkpoint(accelerator, path: Path, trainable_only: bool) -> dict:

@@ -16,15 +16,18 @@ SUMMARY = re.compile(
 
 
 def train(script: str, out: Path, data: Path, *extra: str, check: bool = True, env: dict | None = None,
-          steps: int = 2, kill_after_checkpoint: int | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+          steps: int = 2, kill_after_checkpoint: int | None = None,
+          fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     """Run ``examples/text_to_image/<script>`` on tiny settings; ``extra`` flags come last and win.
 
-    ``kill_after_checkpoint=N``: SIGKILL the run right after its checkpoint of step N (kill_after_checkpoint.py)."""
-    fault = (
-        []
-        if kill_after_checkpoint is None
-        else [str(Path(__file__).with_name("kill_after_checkpoint.py")), str(kill_after_checkpoint)]
-    )
+    ``kill_after_checkpoint=N``: SIGKILL the run right after its checkpoint of step N (kill_after_checkpoint.py);
+    ``fault=(KIND, N)``: a fault_at_step.py fault (sigterm, sigint, enospc) after step N."""
+    if kill_after_checkpoint is not None:
+        fault = [str(Path(__file__).with_name("kill_after_checkpoint.py")), str(kill_after_checkpoint)]
+    elif fault is not None:
+        fault = [str(Path(__file__).with_name("fault_at_step.py")), fault[0], str(fault[1])]
+    else:
+        fault = []
     cmd = [sys.executable, *fault, str(EXAMPLES / script), "--train_data_dir", str(data), "--output_dir", str(out),
            "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", str(steps), "--learning_rate", "1e-3",
            "--checkpointing_steps", "1000", *extra]  # fmt: skip

@@ -104,7 +104,12 @@ def add_loop_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--checkpointing_steps", type=int, default=D.checkpointing_steps)
     g.add_argument("--checkpoints_total_limit", type=int, default=None)
-    g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory")
+    g.add_argument("--resume_from_checkpoint", default=None,
+                   help="'latest', a checkpoint directory, or a checkpoint name in --output_dir")  # fmt: skip
+    g.add_argument("--allow_changed_settings", action="store_true",
+                   help="resume although batch size, resolution, model, ... differ from the checkpoint's")  # fmt: skip
+    g.add_argument("--max_skipped_steps", type=int, default=D.max_skipped_steps,
+                   help="fp16 overflow skips in a row tolerated before the run stops as diverged")  # fmt: skip
     g = parser.add_argument_group("validation images (training/validation.py)")
     g.add_argument("--validation_prompt", default=None, help="one prompt (upstream's DreamBooth/SDXL flag)")
     g.add_argument("--validation_prompts", nargs="+", default=None,

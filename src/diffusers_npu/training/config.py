@@ -76,6 +76,8 @@ class TrainConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
+    allow_changed_settings: bool = False  # resume although the checkpoint was written with other settings
+    max_skipped_steps: int = 20  # fp16 overflow skips in a row before the run counts as diverged
     validation_prompt: str | None = None
     validation_prompts: tuple[str, ...] | None = None  # several, or one text file of prompts
     validation_negative_prompt: str | None = None
@@ -128,6 +130,7 @@ class TrainConfig:
             (self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0 (0: load in the training process)"),
             (self.logging_steps >= 1 and self.lr_warmup_steps >= 0 and self.timing_warmup_steps >= 0, "--logging_steps must be >= 1, --lr_warmup_steps and --timing_warmup_steps >= 0"),
             (self.max_train_samples is None or self.max_train_samples >= 1, "--max_train_samples must be >= 1"),
+            (self.max_skipped_steps >= 0, "--max_skipped_steps must be >= 0"),
             (self.torch_compile is None or self.torch_compile in backends, f"--torch_compile {self.torch_compile!r} is not a torch.compile backend here; use inductor (default) or one of {', '.join(b for b in backends if 'TESTING' not in b)}"),
             (self.resolution % 8 == 0 and self.resolution > 0, f"--resolution {self.resolution} must be a positive multiple of 8 (the VAE downsamples by 8)"),
             (self.train_batch_size >= 1, "--train_batch_size must be >= 1"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from .. import checkpoint, devices, optim, paths
 from ..environment import check_environment
 from ..errors import UserError
 from ..logs import setup_logging
-from . import data_loader, model_card, validation
+from . import data_loader, faults, model_card, validation
 from .config import TrainConfig
 from .recipe import Recipe
 from .run_stats import RunStats
@@ -68,12 +70,14 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    out = paths.output_dir(cfg.output_dir)  # before any work: a file or an unwritable place is refused now
+    out = Path(cfg.output_dir)
     device = devices.get_device(cfg.device)
     _check_trackers(cfg.report_to)
     resume = checkpoint.resolve_resume(out, cfg.resume_from_checkpoint)
-    if resume is not None:
-        checkpoint.verify_checkpoint(resume)  # fail before any work, and before anything is written
+    settings = faults.settings(cfg, type(recipe).__name__)
+    if resume is not None:  # fail before any work, and before anything is written
+        manifest = checkpoint.verify_checkpoint(resume)
+        faults.check_resume_settings(manifest, settings, resume, cfg.allow_changed_settings)
     accelerator = devices.build_accelerator(
         device, cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.loss_scale, cfg.init_loss_scale,
         log_with=cfg.report_to, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
@@ -132,6 +136,7 @@ def _setup(recipe: Recipe, cfg: TrainConfig):
         max_steps,
         out,
         trainable_only,
+        settings,
     )
 
 
@@ -154,6 +159,7 @@ class Run:
     max_steps: int
     out: Path
     trainable_only: bool = False  # checkpoints hold the trainable parameters only (checkpoint.save_trainable_only)
+    settings: dict = field(default_factory=dict)  # recorded in each checkpoint, compared on resume
     callbacks: Callbacks = field(default_factory=Callbacks)
     grad_norm: torch.Tensor | None = None  # the last step's, before clipping
     last_grid: Path | None = None  # the last validation's images, for the model card
@@ -198,18 +204,39 @@ def _after_step(run: Run, stats: RunStats, bar) -> None:
             "step %d loss=%.6f lr=%.3g step_time_s=%.4f", run.step, logs["loss"], logs["lr"], logs["step_time_s"]
         )
     if run.step % cfg.checkpointing_steps == 0 or run.step == run.max_steps:
-        model = acc.unwrap_model(run.model)
-        path = checkpoint.save_checkpoint(acc, run.out, run.step, {checkpoint.TRAINABLE_ONLY: run.trainable_only},
-                                          lambda directory: run.recipe.save_checkpoint_model(model, directory))  # fmt: skip
-        if acc.is_main_process:
-            checkpoint.prune_checkpoints(run.out, cfg.checkpoints_total_limit, run.step)
-            logger.info("saved %s", path)
-        for callback in run.callbacks.after_checkpoint:
-            callback(run.step, path)
+        _checkpoint(run)
     if acc.is_main_process and validation.due(cfg, run.step):
         _validate(run)
     for callback in run.callbacks.after_step:
         callback(run.step)
+
+
+def _require_finite_weights(run: Run, before: str) -> None:
+    if faults.nonfinite_parameters(run.params):
+        raise faults.Diverged(f"the trained weights hold NaN or inf after step {run.step}, so {before} was not "
+                              f"written; the last good checkpoint is {_last_good(run)}: lower --learning_rate or "
+                              "keep --max_grad_norm on")  # fmt: skip
+
+
+def _last_good(run: Run) -> str:
+    found = checkpoint.list_checkpoints(run.out)
+    return found[-1].name if found else "none (start again)"
+
+
+def _checkpoint(run: Run) -> Path:
+    """``checkpoint-<step>`` of every process's state, never of non-finite weights; prune; callbacks."""
+    acc = run.accelerator
+    _require_finite_weights(run, f"checkpoint-{run.step}")
+    model = acc.unwrap_model(run.model)
+    path = checkpoint.save_checkpoint(acc, run.out, run.step, {checkpoint.TRAINABLE_ONLY: run.trainable_only,
+                                                               "settings": run.settings},
+                                      lambda directory: run.recipe.save_checkpoint_model(model, directory))  # fmt: skip
+    if acc.is_main_process:
+        checkpoint.prune_checkpoints(run.out, run.cfg.checkpoints_total_limit, run.step)
+        logger.info("saved %s", path)
+    for callback in run.callbacks.after_checkpoint:
+        callback(run.step, path)
+    return path
 
 
 def _epochs(run: Run):
@@ -225,9 +252,26 @@ def _epochs(run: Run):
 
 
 def run(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None = None) -> RunStats:
-    """Train ``recipe`` as ``cfg`` says; save its weights; print and return the run's measurements."""
+    """Train ``recipe`` as ``cfg`` says; save its weights; print and return the run's measurements.
+
+    The output folder is locked for the run (one run per folder); SIGTERM / SIGINT end it with a checkpoint."""
     check_environment()
     setup_logging()
+    out = paths.output_dir(cfg.output_dir)  # before any work: a file or an unwritable place is refused now
+    lock = faults.OutputLock(out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock.acquire()
+    preemption = faults.Preemption()
+    if threading.current_thread() is threading.main_thread():
+        preemption.install()
+    try:
+        return _train(recipe, cfg, callbacks, preemption)
+    finally:
+        preemption.uninstall()
+        lock.release()
+
+
+def _train(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None, preemption: faults.Preemption) -> RunStats:
     start = time.perf_counter()
     r = _setup(recipe, cfg)
     r.callbacks = callbacks or Callbacks()
@@ -243,6 +287,7 @@ def run(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None = None) ->
     )
     r.device.reset_peak_memory()
     window_loss, wait_s, mark = 0.0, 0.0, time.perf_counter()
+    skipped, scaler_on = 0, acc.scaler is not None and acc.scaler.is_enabled()
     for epoch, loader in _epochs(r):
         if r.step >= r.max_steps:
             break
@@ -254,11 +299,16 @@ def run(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None = None) ->
                 r.device.synchronize()
                 now = time.perf_counter()
                 r.step += 1
+                skipped = skipped + 1 if acc.optimizer_step_was_skipped else 0  # fp16 overflow: the scaler skipped
+                faults.finite_loss(window_loss, r.step, skipped, cfg.max_skipped_steps, scaler_on, _last_good(r))
                 stats.step_losses.append(window_loss)
                 stats.step_times_s.append(now - mark - wait_s)
                 stats.data_waits_s.append(wait_s)
                 bar.update(1)
                 _after_step(r, stats, bar)
+                signum = preemption.requested(acc)
+                if signum is not None:
+                    _stop_for(r, signum)
                 window_loss, wait_s, mark = 0.0, 0.0, time.perf_counter()
                 if r.step >= r.max_steps:
                     break
@@ -278,8 +328,22 @@ def run(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None = None) ->
     return stats
 
 
+def _stop_for(r: Run, signum: int) -> None:
+    """Preempted: a checkpoint of this step (unless it was just written), how to resume, the signal's exit code."""
+    import signal
+
+    done = r.out / f"{checkpoint.PREFIX}{r.step}"
+    path = done if done.is_dir() and checkpoint.list_checkpoints(r.out)[-1:] == [done] else _checkpoint(r)
+    r.accelerator.end_training()
+    if r.accelerator.is_main_process:
+        logger.warning("stopped by %s at step %d; %s is written: resume with --resume_from_checkpoint latest",
+                       signal.Signals(signum).name, r.step, path.name)  # fmt: skip
+    raise SystemExit(faults.Preemption.exit_code(signum))
+
+
 def _save_final(r: Run) -> None:
     """The trained weights, written to a temporary directory and moved into ``output_dir`` entry by entry."""
+    _require_finite_weights(r, "the final model")
     tmp = checkpoint.temp_dir_beside(r.out / "final")
     r.recipe.save_weights(r.accelerator.unwrap_model(r.model), tmp)
     model_card.write(tmp / "README.md", r.cfg, r.recipe.model_card_info(), r.step, r.last_grid, r.out)
