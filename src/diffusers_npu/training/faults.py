@@ -129,9 +129,7 @@ def finite_loss(loss: float, step: int, skipped_in_a_row: int, max_skipped: int,
                 last_good: str) -> None:  # fmt: skip
     """Stop at a non-finite step loss, unless fp16's loss scaler is skipping the step (an overflow), which is
     tolerated ``max_skipped`` times in a row."""
-    if math.isfinite(loss) and skipped_in_a_row <= max_skipped:
-        return
-    if scaler_active and skipped_in_a_row <= max_skipped:
+    if skipped_in_a_row <= max_skipped and (math.isfinite(loss) or scaler_active):
         return
     what = f"loss {loss}" if not math.isfinite(loss) else f"{skipped_in_a_row} fp16 overflow skips in a row"
     raise Diverged(f"training diverged at step {step} ({what}); nothing of it was saved, the last good checkpoint is "
