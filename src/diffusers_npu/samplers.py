@@ -9,17 +9,21 @@ that takes its noise from a file (diffusers' draws it internally). Both are pure
 ``--discretization`` sets the timestep grid the way MindONE's SDXL sampler names it (mindspore-lab/mindone
 examples/stable_diffusion_xl, gm/modules/diffusionmodules/discretizer.py):
 
-- ``legacy``: MindONE's default ``LegacyDDPMDiscretization`` = diffusers ``timestep_spacing="trailing"``
-  (t = 999, 974, ..., 24 for 40 steps; the two agree exactly when 1000 is a multiple of the step count).
+- ``legacy``: MindONE's default ``LegacyDDPMDiscretization``, exactly: integer timesteps
+  ``np.linspace(999, 0, n, endpoint=False).astype(int)[::-1]`` (``generate_roughly_equally_spaced_steps``), the
+  training sigmas at them, no interpolation, a final 0 (:func:`legacy_timesteps`). They are handed to the
+  scheduler as custom ``timesteps`` (or ``sigmas``), so every step count follows MindONE's grid; a sampler that
+  takes neither is refused. diffusers' "trailing" spacing agrees only when 1000 / n works out.
 - ``diffusers``: MindONE's ``DiffusersDDPMDiscretization`` = ``timestep_spacing="leading"`` + ``steps_offset=1``.
 - ``edm``: Karras et al. (2022) eq. 5 sigmas from ``--sigma_min``/``--sigma_max``/``--rho`` (defaults: the
   model's trained sigma range and rho 7, so the defaults equal diffusers' ``use_karras_sigmas=True``).
 
 Initial-noise scaling: the pipeline multiplies the initial latents by the scheduler's ``init_noise_sigma``:
-1 for DDPM/DDIM/DPM-Solver/UniPC/LCM; for the sigma-space (k-diffusion style) schedulers ``sqrt(1 + sigma_max^2)``
-with "leading" spacing (as MindONE's ``prepare_sampling_loop`` always does) but ``sigma_max`` with "trailing"
-or "linspace" (so ``legacy`` differs from MindONE here by a factor sqrt(1 + 1/sigma_max^2), 1.0023 for SD).
-Runs record the value used (``init_noise_sigma`` in the run JSON).
+1 for DDPM/DDIM/DPM-Solver/UniPC/LCM (they work in the variance-preserving space, the same latents up to that
+change of variables); for the sigma-space (k-diffusion style) schedulers ``sqrt(1 + sigma_max^2)`` with
+"leading" spacing but ``sigma_max`` with "trailing" or "linspace". ``legacy`` sets "leading" for them, so the
+scale is MindONE's ``prepare_sampling_loop`` ``x *= sqrt(1 + sigmas[0] ** 2)``. ``--init_latent_path`` is the
+latents before this scaling; runs record the value used (``init_noise_sigma`` in the run JSON).
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "lcm": _spec("LCMScheduler", "latent consistency (4 steps with an LCM LoRA or LCM UNet)"),
 }  # fmt: skip
 
-# MindONE SDXL's seven sampler classes (gm/modules/diffusionmodules/sampler.py) -> our names. Differences:
-# EulerEDM/HeunEDM take their grid from --discretization (MindONE's default: legacy); MindONE builds
-# EulerAncestralSampler with eta=0.001 (helpers.get_sampler), euler_a uses diffusers' eta 1.
+# MindONE SDXL's seven sampler classes (gm/modules/diffusionmodules/sampler.py) -> our names. Each takes its grid
+# from --discretization (MindONE's default: legacy). MINDONE_SETTINGS says how each is built there
+# (gm/helpers.py get_sampler) and what ours does with it.
 MINDONE_ALIASES: dict[str, str] = {
     "EulerEDMSampler": "euler",
     "HeunEDMSampler": "heun",
@@ -92,8 +96,21 @@ MINDONE_ALIASES: dict[str, str] = {
     "LCMSampler": "lcm",
 }
 
+MINDONE_SETTINGS: dict[str, str] = {
+    "EulerEDMSampler": "s_churn 0 (get_sampler's default): no churn, as diffusers' Euler (s_churn 0)",
+    "HeunEDMSampler": "s_churn 0; Heun's correction skipped at sigma 0, as diffusers' Heun",
+    "EulerAncestralSampler": "built with eta=0.001, but its sampler_step calls get_ancestral_step(sigma, "
+    "next_sigma) without it, so eta is sampling_utils' default 1.0: diffusers' Euler ancestral (eta 1)",
+    "DPMPP2SAncestralSampler": "eta 1 (AncestralSampler's default), s_noise 1: our k-diffusion dpm++2s-a",
+    "DPMPP2MSampler": "order 2, DPM-Solver++ midpoint form, first order at the last step: diffusers' dpmsolver++ "
+    "with solver_order 2 (midpoint) and a first-order final step to sigma 0, in the VP parametrization",
+    "LinearMultistepSampler": "order 4: diffusers' LMS (order 4)",
+    "LCMSampler": "denoise, then add next_sigma-scaled noise: diffusers' LCMScheduler with the model's config",
+}
+
 DISCRETIZATIONS: dict[str, Mapping[str, Any]] = {
-    "legacy": MappingProxyType({"timestep_spacing": "trailing"}),
+    # "leading" only sets init_noise_sigma = sqrt(1 + sigma_max^2); the grid itself is legacy_timesteps().
+    "legacy": MappingProxyType({"timestep_spacing": "leading"}),
     "diffusers": MappingProxyType({"timestep_spacing": "leading", "steps_offset": 1}),
     "edm": MappingProxyType({}),  # sigmas come from edm_sigmas()
 }
@@ -231,6 +248,19 @@ class EulerAncestralWithStepNoise(diffusers.EulerAncestralDiscreteScheduler):
 
     step_noise: NoiseSource | None = None
 
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps: list[int] | None = None):
+        """diffusers' grid, or custom integer ``timesteps`` (highest first) with the training sigmas at them
+        (MindONE's legacy grid); the rest as diffusers' ``set_timesteps`` leaves it."""
+        if timesteps is None:
+            return super().set_timesteps(num_inference_steps, device)
+        self.num_inference_steps = len(timesteps)
+        table = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        sigmas = np.concatenate([table[np.asarray(timesteps, dtype=int)], [0.0]]).astype(np.float32)
+        self.sigmas = torch.from_numpy(sigmas)
+        self.timesteps = torch.tensor(timesteps, dtype=torch.float32, device=device)
+        self._step_index = None
+        self._begin_index = None
+
     def step(self, model_output, timestep, sample, generator=None, return_dict=True):
         if self.step_index is None:
             self._init_step_index(timestep)
@@ -302,6 +332,44 @@ def trained_sigma_range(scheduler) -> tuple[float, float]:
     return float(sigmas[0]), float(sigmas[-1])
 
 
+def legacy_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """MindONE's ``LegacyDDPMDiscretization`` timesteps, highest first: ``generate_roughly_equally_spaced_steps``
+    (mindone examples/stable_diffusion_xl/gm/modules/diffusionmodules/discretizer.py), all of them for n = 1000."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise UserError(
+            f"--num_inference_steps {steps} must be in [1, {num_train_timesteps}] for --discretization legacy"
+        )
+    if steps == num_train_timesteps:
+        return list(range(num_train_timesteps - 1, -1, -1))
+    ascending = np.linspace(num_train_timesteps - 1, 0, steps, endpoint=False).astype(int)[::-1]
+    return [int(t) for t in ascending[::-1]]
+
+
+def legacy_sigmas(scheduler, steps: int) -> list[float]:
+    """The training sigmas at :func:`legacy_timesteps`, highest first, and a final 0 (MindONE's ``append_zero``)."""
+    abar = scheduler.alphas_cumprod.double().numpy()
+    table = ((1 - abar) / abar) ** 0.5
+    return [*table[legacy_timesteps(steps, len(abar))].tolist(), 0.0]
+
+
+def _legacy(cls: type, base, label: str, steps: int) -> dict[str, Any]:
+    """Pipeline call kwargs that put ``cls`` on MindONE's legacy grid: custom timesteps, else custom sigmas."""
+    grids = _custom_grids(cls)
+    if "timesteps" in grids:
+        return {"timesteps": legacy_timesteps(steps, base.config.num_train_timesteps)}
+    if "sigmas" in grids:
+        return {"sigmas": legacy_sigmas(base, steps)}
+    takes = [n for n, spec in SAMPLERS.items() if _custom_grids(scheduler_class(spec.scheduler))] + ["euler_a"]
+    raise UserError(f"--discretization legacy: {label} takes no custom timesteps or sigmas, so it cannot follow "
+                    f"MindONE's grid exactly; use one of {', '.join(takes)}")  # fmt: skip
+
+
+def _custom_grids(cls: type) -> set[str]:
+    """Which custom grids ``cls.set_timesteps`` takes: ``timesteps``, ``sigmas`` (UniPC's are flow-matching only)."""
+    grids = {"timesteps", "sigmas"} & set(inspect.signature(cls.set_timesteps).parameters)
+    return grids - {"sigmas"} if "use_flow_sigmas" in _init_params(cls) else grids
+
+
 def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> list[float]:
     """Karras et al. (2022) eq. 5: ``(max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho``, then a final 0.
 
@@ -365,11 +433,15 @@ def build_scheduler(base, choice: SamplerChoice, steps: int) -> tuple[Any, dict[
         overrides.update(extra)
     elif choice.discretization is not None:
         grid = DISCRETIZATIONS[choice.discretization]
+        if cls is diffusers.EulerAncestralDiscreteScheduler and choice.discretization == "legacy":
+            cls = EulerAncestralWithStepNoise  # the same sampler, taking custom timesteps
         if not set(grid) <= _init_params(cls):
             raise UserError(
                 f"--discretization {choice.discretization} needs timestep_spacing, which {cls.__name__} lacks"
             )
         overrides.update(grid)
+        if choice.discretization == "legacy":
+            call_kwargs = _legacy(cls, base, choice.name or cls.__name__, steps)
     elif (choice.sigma_min, choice.sigma_max, choice.rho) != (None, None, None):
         raise UserError("--sigma_min/--sigma_max/--rho apply to --discretization edm; add --discretization edm")
     if spec is None and not overrides:

@@ -66,8 +66,7 @@ def test_different_initial_latents_change_the_output(tmp_path):
 def test_run_record_states_the_initial_noise_scaling(tmp_path):
     legacy = run_script("sdxl-base", tmp_path / "a", *FAST, "--sampler", "euler", "--discretization", "legacy")
     leading = run_script("sdxl-base", tmp_path / "b", *FAST, "--sampler", "euler", "--discretization", "diffusers")
-    sigma_max_legacy = legacy["resolved"]["init_noise_sigma"]  # trailing grid: sigma_max itself
-    assert legacy["resolved"]["scheduler_config"]["timestep_spacing"] == "trailing"
+    # MindONE's prepare_sampling_loop scale sqrt(1 + sigma_max^2), sigma_max = 14.6146 at t = 999
+    assert legacy["resolved"]["init_noise_sigma"] == pytest.approx((1 + 14.6146**2) ** 0.5, rel=1e-4)
     assert leading["resolved"]["scheduler_config"]["timestep_spacing"] == "leading"
-    assert sigma_max_legacy == pytest.approx(14.6146, rel=1e-3)
     assert leading["resolved"]["init_noise_sigma"] > 1  # sqrt(1 + sigma_max^2) on the leading grid

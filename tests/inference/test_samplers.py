@@ -3,6 +3,8 @@ and the discretizations against MindONE's grids (upstream facts 4a)."""
 
 from __future__ import annotations
 
+import re
+
 import diffusers
 import numpy as np
 import pytest
@@ -201,11 +203,81 @@ def _timesteps(name: str, discretization: str | None, steps: int) -> np.ndarray:
     return scheduler.timesteps.numpy()
 
 
-@pytest.mark.parametrize("steps", [40, 20, 8])
-def test_legacy_grid_is_mindones_legacy_ddpm(steps):
-    """MindONE LegacyDDPMDiscretization: np.linspace(999, 0, n, endpoint=False).astype(int)[::-1], descending."""
-    mindone = np.linspace(999, 0, steps, endpoint=False).astype(int)[::-1]
-    np.testing.assert_array_equal(_timesteps("euler", "legacy", steps), mindone[::-1])
+def mindone_legacy(n: int, linear_start: float = 0.00085, linear_end: float = 0.012, num_timesteps: int = 1000):
+    """MindONE's LegacyDDPMDiscretization from its formulas (mindone examples/stable_diffusion_xl/gm/modules/
+    diffusionmodules/discretizer.py, ``generate_roughly_equally_spaced_steps`` and ``LegacyDDPMDiscretization``;
+    ``make_beta_schedule("linear")`` = linspace(start^0.5, end^0.5, n)^2): (timesteps ascending, sigmas
+    descending with the appended 0)."""
+    betas = np.linspace(linear_start**0.5, linear_end**0.5, num_timesteps, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
+    if n < num_timesteps:
+        timesteps = np.linspace(num_timesteps - 1, 0, n, endpoint=False).astype(int)[::-1]
+        ac = alphas_cumprod[timesteps]
+    else:
+        timesteps, ac = np.arange(num_timesteps), alphas_cumprod
+    sigmas = np.flip(((1 - ac) / ac) ** 0.5, (0,))
+    return timesteps, np.append(sigmas, 0.0)
+
+
+GRID_SAMPLERS = ("euler", "euler_a", "heun", "dpm++2m", "lcm", "ddpm")
+
+
+def _on_grid(name: str, discretization: str, steps: int):
+    base = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler, kwargs = samplers.build_scheduler(base, samplers.SamplerChoice(name, discretization), steps)
+    scheduler.set_timesteps(device="cpu", **kwargs) if kwargs else scheduler.set_timesteps(steps)
+    return scheduler, kwargs
+
+
+@pytest.mark.parametrize("name", GRID_SAMPLERS)
+def test_legacy_grid_is_mindones_for_every_step_count(name):
+    """--discretization legacy gives MindONE's grid for n = 1..100, not only where 1000 / n works out: the same
+    integer timesteps, and for the sigma-space samplers the same sigmas (diffusers keeps its training schedule in
+    float32: 1e-5 of MindONE's float64)."""
+    for n in range(1, 101):
+        timesteps, sigmas = mindone_legacy(n)
+        scheduler, kwargs = _on_grid(name, "legacy", n)
+        if "timesteps" in kwargs:
+            assert kwargs["timesteps"] == timesteps[::-1].tolist(), n
+        if samplers.SAMPLERS[name].sigma_space or "sigmas" in kwargs:
+            got = scheduler.sigmas.double().numpy()
+            np.testing.assert_allclose(
+                np.unique(got)[::-1], np.unique(sigmas)[::-1], rtol=1e-5, err_msg=f"{name} n={n}"
+            )
+        else:
+            np.testing.assert_array_equal(
+                scheduler.timesteps.numpy().astype(int), timesteps[::-1], err_msg=f"{name} n={n}"
+            )
+    ours = samplers.legacy_timesteps(30)  # 30 steps: diffusers' "trailing" puts one timestep elsewhere
+    trailing = diffusers.EulerDiscreteScheduler(timestep_spacing="trailing")
+    trailing.set_timesteps(30)
+    assert ours != trailing.timesteps.int().tolist()
+
+
+@pytest.mark.parametrize("name", ["lms", "ddim", "pndm", "dpm++2s-a", "unipc"])
+def test_samplers_without_a_custom_grid_are_refused_under_legacy(name):
+    base = diffusers.EulerDiscreteScheduler()
+    with pytest.raises(UserError, match=re.escape(f"{name} takes no custom timesteps or sigmas")):
+        samplers.build_scheduler(base, samplers.SamplerChoice(name, "legacy"), 30)
+
+
+def test_legacy_scales_the_initial_noise_as_mindone(sd15, tmp_path):
+    """MindONE's prepare_sampling_loop: ``x *= sqrt(1 + sigmas[0] ** 2)``; our legacy euler run, from fixed latents,
+    equals stock diffusers given MindONE's timesteps and that scale, pixel for pixel (CPU fp32)."""
+    from .helpers import pngs, run_script
+
+    steps = 30
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))  # the tiny VAE downsamples by 2
+    np.save(tmp_path / "x.npy", latents.numpy())
+    record = run_script("text-to-image", tmp_path / "ours", "--height", "32", "--width", "32", "--num_inference_steps", str(steps), "--sampler",
+                        "euler", "--discretization", "legacy", "--init_latent_path", str(tmp_path / "x.npy"))  # fmt: skip
+    timesteps, sigmas = mindone_legacy(steps)
+    assert record["resolved"]["init_noise_sigma"] == pytest.approx(float(np.sqrt(1.0 + sigmas[0] ** 2)), rel=1e-6)
+    reference = diffusers.EulerDiscreteScheduler.from_config(sd15.scheduler.config, timestep_spacing="leading")
+    sd15.scheduler = reference
+    image = sd15(record["params"]["prompt"], timesteps=timesteps[::-1].tolist(), latents=latents, height=32, width=32,
+                 guidance_scale=record["params"]["guidance_scale"], output_type="pil").images[0]  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(image), pngs(tmp_path / "ours")["p0000_s0.png"])
 
 
 @pytest.mark.parametrize("steps", [40, 7])
@@ -246,3 +318,32 @@ def test_edm_options_set_the_sigmas():
     assert heun.config.use_karras_sigmas and not extra
     with pytest.raises(UserError, match="--discretization edm"):
         samplers.build_scheduler(base, samplers.SamplerChoice("euler", rho=3.0), 4)
+
+
+def test_mindone_aliases_carry_mindones_settings():
+    """Each MindONE name maps to a sampler whose settings are MindONE's as its sampler code builds them
+    (mindone examples/stable_diffusion_xl/gm/helpers.py get_sampler, gm/modules/diffusionmodules/sampler.py)."""
+    import inspect
+
+    assert set(samplers.MINDONE_SETTINGS) == set(samplers.MINDONE_ALIASES)
+    base = diffusers.EulerDiscreteScheduler()
+
+    def built(alias):
+        return samplers.build_scheduler(base, samplers.SamplerChoice(samplers.canonical_name(alias)), 10)[0]
+
+    def step_default(scheduler, name):
+        return inspect.signature(type(scheduler).step).parameters[name].default
+
+    assert step_default(built("EulerEDMSampler"), "s_churn") == 0.0
+    # EulerAncestralSampler's eta=0.001 never reaches its step: ours has eta 1, diffusers' has no eta at all.
+    assert "eta" not in inspect.signature(type(built("EulerAncestralSampler")).step).parameters
+    dpm = built("DPMPP2MSampler").config
+    assert (dpm.solver_order, dpm.algorithm_type, dpm.solver_type, dpm.final_sigmas_type) == (
+        2,
+        "dpmsolver++",
+        "midpoint",
+        "zero",
+    )
+    assert step_default(built("LinearMultistepSampler"), "order") == 4
+    assert isinstance(built("LCMSampler"), diffusers.LCMScheduler)
+    assert type(built("DPMPP2SAncestralSampler")).__name__ == "DPMPP2SAncestralScheduler"

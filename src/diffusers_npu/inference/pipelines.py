@@ -112,8 +112,10 @@ def apply_sampler(pipe, cfg: InferConfig) -> dict[str, Any]:
     pipe.scheduler, call_kwargs = samplers.build_scheduler(
         pipe.scheduler, cfg.sampler_choice(), cfg.num_inference_steps
     )
-    if "sigmas" in call_kwargs and not accepts(pipe, "sigmas"):
-        raise UserError(f"--discretization edm needs a pipeline that takes sigmas, not {type(pipe).__name__}; drop it")
+    for grid in ("sigmas", "timesteps"):
+        if grid in call_kwargs and not accepts(pipe, grid):
+            raise UserError(f"--discretization {cfg.discretization} needs a pipeline that takes custom {grid}, not "
+                            f"{type(pipe).__name__}; drop it")  # fmt: skip
     if not TASKS[cfg.task].prompts:  # DDPMPipeline: no scale_model_input, no init_noise_sigma, passes generator=
         spec = samplers.SAMPLERS.get(cfg.sampler or "")
         takes_generator = "generator" in inspect.signature(pipe.scheduler.step).parameters
