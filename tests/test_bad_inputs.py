@@ -105,11 +105,10 @@ def test_a_damaged_model_folder_and_a_foreign_checkpoint_are_one_line(tmp_path, 
     main([*common, "--output_dir", str(out), "--checkpointing_steps", "1"])
     capsys.readouterr()
     lora = runpy.run_path(str(LORA), run_name="example")["main"]
-    line = _error_line(
-        lora,
-        [*common, "--output_dir", str(out), "--max_train_steps", "2", "--resume_from_checkpoint", "latest"],
-        capsys,
-    )
+    resume = [*common, "--output_dir", str(out), "--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
+    line = _error_line(lora, resume, capsys)
+    assert "written with other settings: recipe 'SDRecipe' -> 'SDLoRARecipe'" in line, line
+    line = _error_line(lora, [*resume, "--allow_changed_settings"], capsys)  # and even when changes are allowed
     assert "was written by a full fine-tune" in line, line
     state = out / "checkpoint-1" / "model.safetensors"
     state.write_bytes(b"\xff" * state.stat().st_size)
@@ -178,6 +177,11 @@ def test_inference_bad_inputs(tmp_path, files, capsys):
             "holds a AutoencoderKL, not a UNet2DConditionModel",
         ),
         ("text-to-image", ["--lora_path", str(flux_lora)], "it is a LoRA for another model"),
+        (
+            "flux-lora",
+            ["--lora_path", str(flux_lora), "--sampler", "euler"],
+            "samples with its flow-matching scheduler",
+        ),
     ]
     for name, flags, expected in cases:
         argv = [*FAST, "--output_dir", str(tmp_path / "out"), *flags]

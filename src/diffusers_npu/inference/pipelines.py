@@ -109,6 +109,9 @@ def load_pipeline(
 
 def apply_sampler(pipe, cfg: InferConfig) -> dict[str, Any]:
     """Swap in the ``--sampler``/``--discretization`` scheduler; return extra call kwargs (``sigmas``)."""
+    if "FlowMatch" in type(pipe.scheduler).__name__ and (cfg.sampler or cfg.discretization):
+        raise UserError(f"{type(pipe).__name__} samples with its flow-matching scheduler; --sampler and "
+                        "--discretization are for SD/SDXL: drop them")  # fmt: skip
     pipe.scheduler, call_kwargs = samplers.build_scheduler(
         pipe.scheduler, cfg.sampler_choice(), cfg.num_inference_steps
     )
