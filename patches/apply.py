@@ -83,7 +83,7 @@ def patch_lines(lines: list[str], hunks: list[Hunk], reverse: bool) -> list[str]
 
 def read_version(pkg: Path) -> str:
     """`__version__` from accelerate/__init__.py, read as text (importing would run the package)."""
-    m = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", (pkg / "__init__.py").read_text(), re.M)
+    m = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", (pkg / "__init__.py").read_text(encoding="utf-8"), re.M)
     if not m:
         raise PatchError(f"no __version__ in {pkg / '__init__.py'}")
     return m[1]
@@ -193,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.mode, args.target)
     except (PatchError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:  # a damaged or foreign accelerate source file
+        print(f"error: a file under the accelerate package is not UTF-8 text ({e.reason}); reinstall accelerate",
+              file=sys.stderr)  # fmt: skip
         return 2
 
 

@@ -240,3 +240,25 @@ def test_launcher_takes_space_separated_values(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "train.log").is_file() and "steps=1" in (out / "train.log").read_text()
+
+
+def test_damaged_datasets_embeddings_and_package_files_are_one_line(tmp_path, files, capsys):
+    from tests.inference.helpers import FAST, script_main
+
+    data = tmp_path / "parquet"
+    data.mkdir()
+    (data / "train.parquet").write_bytes(b"PAR1 this is not parquet")
+    main = runpy.run_path(str(TRAIN), run_name="example")["main"]
+    line = _error_line(
+        main, ["--train_data_dir", str(data), "--output_dir", str(tmp_path / "o"), "--resolution", "32"], capsys
+    )
+    assert "holds a damaged saved dataset or parquet file" in line, line
+    line = _error_line(script_main("textual-inversion"), [*FAST, "--model_path", str(_tiny("sdxl")), "--output_dir",
+                       str(tmp_path / "ti"), "--textual_inversion_path", str(files / "truncated.safetensors")], capsys)  # fmt: skip
+    assert "--textual_inversion_path" in line and "not a readable safetensors file" in line, line
+    target = tmp_path / "site"
+    (target / "accelerate").mkdir(parents=True)
+    (target / "accelerate" / "__init__.py").write_bytes(b"__version__ = '0.20.3'\n# \xff\xfe\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "patches" / "apply.py"), "--check", "--target", str(target)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr, proc.stderr

@@ -62,3 +62,13 @@ def setup_logging() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
+
+
+def adopt_library_logger(name: str) -> None:
+    """Remove the stderr handler a library installs on its root logger at import (``datasets`` does), so its
+    records reach only ours: one format, no duplicate lines, stderr as it is at each record."""
+    library = logging.getLogger(name)
+    for handler in list(library.handlers):
+        if type(handler) is logging.StreamHandler:
+            library.removeHandler(handler)
+    library.propagate = True

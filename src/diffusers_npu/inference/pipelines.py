@@ -158,9 +158,14 @@ def apply_textual_inversion(pipe, path: str, token: str | None) -> None:
             f"--textual_inversion_path: {type(pipe).__name__} cannot load embeddings; use an SD or SDXL model"
         )
     if path.endswith(".safetensors") and getattr(pipe, "text_encoder_2", None) is not None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"--textual_inversion_path {path} is not a readable safetensors file ({err}); "
+                            "pass a learned_embeds file") from None  # fmt: skip
         if {"clip_l", "clip_g"} <= set(state):
             token = token or Path(path).stem
             pipe.load_textual_inversion(
@@ -170,9 +175,11 @@ def apply_textual_inversion(pipe, path: str, token: str | None) -> None:
                 state["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
             )
             return
+    from safetensors import SafetensorError
+
     try:
         pipe.load_textual_inversion(path, token=token)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError, RuntimeError) as err:
         raise UserError(
             f"--textual_inversion_path {path} could not be loaded ({str(err).splitlines()[0]}); pass a learned_embeds file"
         ) from None

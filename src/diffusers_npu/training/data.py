@@ -55,14 +55,19 @@ def _load_local(path: Path, cache_dir: str | None, caption_extension: str | None
         if not rows:
             raise UserError(f"--train_data_dir {path} holds no images beside caption files; add PNG/JPEG images")
         return rows
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        ds = datasets.load_from_disk(str(path))
-        return ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
-    parquet = sorted(path.rglob("*.parquet"))
-    if parquet:
-        return datasets.load_dataset(
-            "parquet", data_files=[str(p) for p in parquet], split="train", cache_dir=cache_dir
-        )
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            return ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
+        parquet = sorted(path.rglob("*.parquet"))
+        if parquet:
+            return datasets.load_dataset(
+                "parquet", data_files=[str(p) for p in parquet], split="train", cache_dir=cache_dir
+            )
+    except Exception as err:  # datasets and pyarrow raise many types for damaged files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"--train_data_dir {path} holds a damaged saved dataset or parquet file ({first}); "
+                        "save it again or remove the broken file") from None  # fmt: skip
     try:
         return datasets.load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=cache_dir)
     except (ValueError, FileNotFoundError) as err:
@@ -105,6 +110,10 @@ def load_image_text_dataset(
     """Return ``(rows, image_column, caption_column)``: a ``datasets.Dataset`` with its images left undecoded, or
     for a caption-file folder a list of ``{"image", "text", "repeats"}`` rows."""
     import datasets
+
+    from ..logs import adopt_library_logger
+
+    adopt_library_logger("datasets")
 
     if dataset_name is None and train_data_dir is None:
         raise UserError("no data: pass --dataset_name (hub) or --train_data_dir (local directory)")
