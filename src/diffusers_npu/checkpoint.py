@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 MANIFEST = "checkpoint.json"
 PREFIX = "checkpoint-"
@@ -109,7 +109,7 @@ def load_checkpoint(accelerator, path: Path, trainable_only: bool) -> dict:
     try:  # a trainable-only checkpoint restores the trained parameters; the frozen rest is already loaded
         accelerator.load_state(str(path), strict=not trainable_only)
     except Exception as err:  # torch, safetensors and pickle raise many types for foreign or damaged files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise UserError(f"checkpoint {path} does not restore into this run ({first}); it is damaged or from "
                         "another model or settings: resume from another checkpoint or start afresh") from None  # fmt: skip
     return manifest

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import UserError, cli_entry
+from .errors import UserError, cli_entry, first_line
 
 
 def _unreadable() -> tuple[type[BaseException], ...]:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except _unreadable() as err:  # a truncated or foreign input file, wherever a reader met it
         files = [str(v) for v in vars(args).values() if isinstance(v, (str, Path)) and Path(v).is_file()]
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise UserError(f"cannot read {' or '.join(files) or 'the input'} ({first}); is it a complete file of "
                         "the kind this command takes?") from None  # fmt: skip
 

@@ -16,6 +16,13 @@ class UserError(Exception):
     """Bad input or environment. The message is one line: what is wrong, then how to fix it."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of a library's exception message (its type name if it has none), for quoting inside a
+    one-line ``UserError``."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
 class MissingExtraError(UserError, ImportError):
     """An optional package is missing; the message names the pip extra or the install step."""
 

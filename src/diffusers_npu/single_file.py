@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .model_paths import _hub_offline, resolve_model_path
 
 SUFFIXES = (".safetensors", ".ckpt")
@@ -119,6 +119,6 @@ def _stock(path: Path, flag: str, pipeline_cls, config: str | None, original_con
     try:
         pipe = pipeline_cls.from_single_file(str(path), local_files_only=_hub_offline(), **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise UserError(f"{flag} {path} does not load as {pipeline_cls.__name__} ({str(err).splitlines()[0]}); "
+        raise UserError(f"{flag} {path} does not load as {pipeline_cls.__name__} ({first_line(err)}); "
                         "check --single_file_config / --original_config") from None  # fmt: skip
     pipe.save_pretrained(str(tmp), safe_serialization=True)

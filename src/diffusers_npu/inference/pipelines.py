@@ -12,7 +12,7 @@ import diffusers
 import torch
 
 from .. import attention, samplers
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..model_paths import check_family, model_class
 from ..single_file import resolve
 from .args import InferConfig
@@ -140,7 +140,7 @@ def apply_loras(pipe, loras: list[tuple[str, float]]) -> None:
             pipe.load_lora_weights(path, adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise UserError(
-                f"--lora_path {path} could not be loaded into {type(pipe).__name__} ({str(err).splitlines()[0][:200]}); "
+                f"--lora_path {path} could not be loaded into {type(pipe).__name__} ({first_line(err)}); "
                 "pass a diffusers or kohya LoRA made for this model"
             ) from None
         # diffusers only warns when no key of the file fits any component (a LoRA for another model family).
@@ -181,7 +181,7 @@ def apply_textual_inversion(pipe, path: str, token: str | None) -> None:
         pipe.load_textual_inversion(path, token=token)
     except (OSError, ValueError, SafetensorError, RuntimeError) as err:
         raise UserError(
-            f"--textual_inversion_path {path} could not be loaded ({str(err).splitlines()[0]}); pass a learned_embeds file"
+            f"--textual_inversion_path {path} could not be loaded ({first_line(err)}); pass a learned_embeds file"
         ) from None
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..errors import UserError, cli_entry
+from ..errors import UserError, cli_entry, first_line
 from .buckets import Shape, cover_and_crop
 from .captions import CaptionOptions, as_caption_list, caption_rng, choose_caption, scan_caption_folder
 
@@ -65,7 +65,7 @@ def _load_local(path: Path, cache_dir: str | None, caption_extension: str | None
                 "parquet", data_files=[str(p) for p in parquet], split="train", cache_dir=cache_dir
             )
     except Exception as err:  # datasets and pyarrow raise many types for damaged files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise UserError(f"--train_data_dir {path} holds a damaged saved dataset or parquet file ({first}); "
                         "save it again or remove the broken file") from None  # fmt: skip
     try:
@@ -81,7 +81,7 @@ def _load_hub(name: str, config: str | None, cache_dir: str | None):
         return datasets.load_dataset(name, config, split="train", cache_dir=cache_dir)
     except Exception as err:  # offline, unknown name, no train split: datasets raises many types
         raise UserError(
-            f"cannot load dataset {name!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"cannot load dataset {name!r} ({type(err).__name__}: {first_line(err)}); "
             "check the name, or download it and pass --train_data_dir"
         ) from None
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint, devices, optim, paths
 from ..environment import check_environment
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..logs import setup_logging
 from . import data_loader, faults, model_card, validation
 from .config import TrainConfig
@@ -60,7 +60,7 @@ def _load(recipe: Recipe, cfg: TrainConfig) -> None:
     try:
         recipe.load()
     except (OSError, SafetensorError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path} could not be loaded "
                         f"({first}); check the model folder's files or download it again") from None  # fmt: skip
 
