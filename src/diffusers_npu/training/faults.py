@@ -125,12 +125,13 @@ class Preemption:
         return 128 + signum
 
 
-def finite_loss(loss: float, step: int, skipped_in_a_row: int, max_skipped: int, scaler_active: bool,
-                last_good: str) -> None:  # fmt: skip
-    """Stop at a non-finite step loss, unless fp16's loss scaler is skipping the step (an overflow), which is
-    tolerated ``max_skipped`` times in a row."""
-    if skipped_in_a_row <= max_skipped and (math.isfinite(loss) or scaler_active):
-        return
+def step_ok(loss: float, skipped_in_a_row: int, max_skipped: int, scaler_active: bool) -> bool:
+    """Whether training may go on after a step: a finite loss, or fp16's loss scaler skipping an overflowed step,
+    tolerated ``max_skipped`` times in a row. Host arithmetic only (the loss is already on the host)."""
+    return skipped_in_a_row <= max_skipped and (math.isfinite(loss) or scaler_active)
+
+
+def diverged(loss: float, step: int, skipped_in_a_row: int, last_good: str) -> Diverged:
     what = f"loss {loss}" if not math.isfinite(loss) else f"{skipped_in_a_row} fp16 overflow skips in a row"
-    raise Diverged(f"training diverged at step {step} ({what}); nothing of it was saved, the last good checkpoint is "
-                   f"{last_good}: lower --learning_rate, keep --max_grad_norm on, or raise --max_skipped_steps")  # fmt: skip
+    return Diverged(f"training diverged at step {step} ({what}); nothing of it was saved, the last good checkpoint "
+                    f"is {last_good}: lower --learning_rate, keep --max_grad_norm on, or raise --max_skipped_steps")  # fmt: skip

@@ -300,7 +300,8 @@ def _train(recipe: Recipe, cfg: TrainConfig, callbacks: Callbacks | None, preemp
                 now = time.perf_counter()
                 r.step += 1
                 skipped = skipped + 1 if acc.optimizer_step_was_skipped else 0  # fp16 overflow: the scaler skipped
-                faults.finite_loss(window_loss, r.step, skipped, cfg.max_skipped_steps, scaler_on, _last_good(r))
+                if not faults.step_ok(window_loss, skipped, cfg.max_skipped_steps, scaler_on):
+                    raise faults.diverged(window_loss, r.step, skipped, _last_good(r))
                 stats.step_losses.append(window_loss)
                 stats.step_times_s.append(now - mark - wait_s)
                 stats.data_waits_s.append(wait_s)
